@@ -1,0 +1,1 @@
+"""duplexgym.agents (see DESIGN.md); filled by later issues."""

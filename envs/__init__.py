@@ -1,0 +1,1 @@
+"""duplexgym.envs (see DESIGN.md); filled by later issues."""

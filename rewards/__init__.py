@@ -1,0 +1,1 @@
+"""duplexgym.rewards (see DESIGN.md); filled by later issues."""
