@@ -1,0 +1,447 @@
+"""``duplexgym corpus build``: a source in, a corpus folder out; resumable.
+
+Corpus folder layout::
+
+    manifest.jsonl         one segment per line (schema: :mod:`.manifest`)
+    corpus.json            how it was built: format, source, options, codec, summary
+    events.jsonl           every event detected in every dialogue (candidates before selection)
+    audio/{id}.flac        2 channels, 24 kHz, 16 bit: user, human reference
+    codes/{id}.npz         Mimi codes "user" and "reference" (int16 [8, n_frames]) with --codec
+    source/                the rendered dialogues of the synthetic format
+    .work/                 resume state: per-dialogue detections, VAD probabilities
+
+Stages: (1) per dialogue, load -> VAD -> events, saved in ``.work`` as soon as each batch of
+dialogues is done; (2) cut candidates and select ``per_axis`` per axis with ``seed``; (3) write the
+segment audio; (4) codes. A rerun reuses every finished piece whose inputs and options are
+unchanged, so an interrupted build resumes. Bad input files are skipped and reported in the
+summary with the reason; the good ones are built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import soundfile as sf
+
+from duplexgym.corpora.dialogue import FRAME_SAMPLES, SAMPLE_RATE, SPEAKERS, Dialogue
+from duplexgym.corpora.errors import InputFileError, SourceError
+from duplexgym.corpora.events import DetectionParams, detect_events, event_from_dict, event_to_dict
+from duplexgym.corpora.manifest import Segment, read_manifest, write_manifest
+from duplexgym.corpora.segments import SegmentParams, cut_segments, select_segments
+from duplexgym.corpora.sources import FORMATS, DialogueSource
+from duplexgym.corpora.vad import VadParams, params_dict, speech_spans
+
+#: Bump when the layout or the meaning of the .work files changes.
+BUILD_VERSION = 1
+#: Dialogues are loaded and VAD-ed together in groups of at most this much audio (s), so the
+#: VAD batches are full and memory stays bounded (about 23 MB per minute of stereo audio).
+GROUP_AUDIO_S = 1200.0
+#: Default number of dialogues of the synthetic format.
+DEFAULT_SYNTHETIC_DIALOGUES = 48
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything that shapes a corpus besides the source. ``dialogues``: synthetic format only."""
+
+    format: str | None = None
+    per_axis: int = 2000
+    seed: int = 0
+    codec: str | None = None
+    dialogues: int | None = None
+    vad: VadParams = field(default_factory=VadParams)
+    detection: DetectionParams = field(default_factory=DetectionParams)
+    segments: SegmentParams = field(default_factory=SegmentParams)
+
+    def __post_init__(self):
+        if self.format is not None and self.format not in FORMATS:
+            raise SourceError(f"unknown format {self.format!r}; expected one of {', '.join(FORMATS)}")
+        if self.per_axis < 0:
+            raise SourceError(f"--per-axis must be >= 0, got {self.per_axis}")
+        if self.dialogues is not None and self.dialogues < 1:
+            raise SourceError(f"--dialogues must be >= 1, got {self.dialogues}")
+
+
+@dataclass
+class BuildSummary:
+    """What a build did; ``to_json()`` is the CLI's ``--json`` object."""
+
+    out: str
+    format: str
+    dialogues: int = 0
+    segments: dict = field(default_factory=dict)
+    candidates: dict = field(default_factory=dict)
+    skipped: list = field(default_factory=list)
+    reused_dialogues: int = 0
+    audio_s: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+Progress = Callable[[Iterable, str, int], Iterable]
+
+
+def no_progress(items: Iterable, desc: str, total: int) -> Iterable:
+    return items
+
+
+def tqdm_progress(items: Iterable, desc: str, total: int) -> Iterable:
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def infer_format(source: str) -> str:
+    """The format of ``source`` when none is given (``synthetic`` for the literal name)."""
+    path = Path(source)
+    if source == "synthetic" and not path.exists():
+        return "synthetic"
+    if path.is_file() and path.suffix == ".jsonl":
+        return "pairs"
+    if path.is_dir():
+        if any(path.glob("*/input.wav")) or any(path.glob("*/*/input.wav")):
+            return "fdb1"
+        if any(path.glob("*.jsonl")):
+            return "pairs"
+        return "stereo"
+    raise SourceError(f"{source}: no such file or folder (or pass --format synthetic for the default corpus)")
+
+
+def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = BuildOptions(),
+                 progress: Progress = no_progress) -> BuildSummary:
+    """Build (or resume building) a corpus folder from ``source``; see the module docstring."""
+    t0 = time.perf_counter()
+    source = str(source)
+    out = Path(out)
+    fmt = options.format or infer_format(source)
+    if options.dialogues is not None and fmt != "synthetic":
+        raise SourceError("--dialogues applies to the synthetic format only")
+    out.mkdir(parents=True, exist_ok=True)
+    summary = BuildSummary(out=str(out), format=fmt)
+    mimi = _load_codec(options.codec)  # fail on a bad --codec before any work
+
+    if fmt == "fdb1":
+        candidates, loaders = _fdb1_candidates(Path(source), summary)
+        events_lines: list[str] = []
+    else:
+        sources = _dialogue_sources(source, fmt, out, options, summary, progress)
+        candidates, events_lines, loaders = _detect_all(sources, out, options, summary, progress)
+
+    for axis in _axes():
+        summary.candidates[axis] = sum(1 for s in candidates if s.axis == axis)
+    selected = select_segments(candidates, options.per_axis, options.seed)
+    selected = _write_audio(selected, loaders, out, summary, progress)
+    if mimi is not None:
+        selected = _write_codes(selected, mimi, options.codec, out, progress)
+    for axis in _axes():
+        summary.segments[axis] = sum(1 for s in selected if s.axis == axis)
+
+    _write_text(out / "events.jsonl", "".join(line + "\n" for line in events_lines))
+    write_manifest(out, selected)
+    _remove_orphans(out, selected)
+    summary.seconds = round(time.perf_counter() - t0, 3)
+    info = {
+        "build_version": BUILD_VERSION,
+        "source": source,
+        "format": fmt,
+        "options": _options_json(options),
+        "codec": _codec_id(options.codec),
+        "summary": {k: v for k, v in summary.to_json().items() if k not in ("seconds", "reused_dialogues")},
+    }
+    _write_text(out / "corpus.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return summary
+
+
+def _axes():
+    from duplexgym import AXES
+
+    return AXES
+
+
+# --- stage 1: dialogues -> events ---------------------------------------------------------
+
+
+def _dialogue_sources(source: str, fmt: str, out: Path, options: BuildOptions, summary: BuildSummary,
+                      progress: Progress) -> list[DialogueSource]:
+    if fmt == "synthetic":
+        from duplexgym.corpora.synthetic import SyntheticParams, generate_corpus
+        from duplexgym.corpora.sources.stereo import stereo_sources
+
+        n = options.dialogues or DEFAULT_SYNTHETIC_DIALOGUES
+        generate_corpus(out / "source", seed=0, params=SyntheticParams(n_dialogues=n))
+        return stereo_sources(out / "source")
+    root = Path(source)
+    if fmt == "stereo":
+        from duplexgym.corpora.sources.stereo import stereo_sources
+
+        if not root.is_dir():
+            raise SourceError(f"{root}: the stereo format needs a folder of 2-channel wav/flac files")
+        sources = stereo_sources(root)
+        if not sources:
+            raise SourceError(f"{root}: no .wav or .flac files found")
+        return sources
+    if fmt == "pairs":
+        from duplexgym.corpora.sources.pairs import pairs_sources
+
+        sources, errors = pairs_sources(root)
+        summary.skipped.extend({"file": e.path, "reason": e.problem} for e in errors)
+        return sources
+    raise SourceError(f"format {fmt!r} has no dialogue source")
+
+
+def _fingerprint(src: DialogueSource, options: BuildOptions) -> str:
+    files = []
+    for f in src.files:
+        st = f.stat() if f.exists() else None
+        files.append([str(f), st.st_size if st else -1, st.st_mtime_ns if st else -1])
+    blob = json.dumps({"v": BUILD_VERSION, "files": files, "vad": params_dict(options.vad),
+                       "detection": asdict(options.detection)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _detect_all(sources: list[DialogueSource], out: Path, options: BuildOptions, summary: BuildSummary,
+                progress: Progress):
+    work = out / ".work" / "dialogues"
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    pending: list[tuple[DialogueSource, str]] = []
+    for src in sources:
+        key = _fingerprint(src, options)
+        cached = _read_json(work / f"{src.id}.json")
+        if cached is not None and cached.get("fingerprint") == key:
+            results[src.id] = cached
+            summary.reused_dialogues += 1
+        else:
+            pending.append((src, key))
+
+    group: list[tuple[Dialogue, str]] = []
+    group_s = 0.0
+    for src, key in progress(pending, "detect", len(pending)):
+        try:
+            dialogue = src.load()
+        except InputFileError as exc:
+            summary.skipped.append({"file": exc.path, "reason": exc.problem})
+            continue
+        group.append((dialogue, key))
+        group_s += dialogue.duration_s
+        if group_s >= GROUP_AUDIO_S:
+            results.update(_detect_group(group, work, options))
+            group, group_s = [], 0.0
+    if group:
+        results.update(_detect_group(group, work, options))
+
+    candidates: list[Segment] = []
+    events_lines: list[str] = []
+    loaders = {src.id: src.load for src in sources}
+    for src in sources:  # source order keeps every output deterministic
+        res = results.get(src.id)
+        if res is None:
+            continue
+        summary.dialogues += 1
+        summary.audio_s += res["duration_s"]
+        events = [event_from_dict(e) for e in res["events"]]
+        events_lines.extend(json.dumps({"dialogue": src.id, **event_to_dict(e)}, sort_keys=True) for e in events)
+        candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments))
+    summary.audio_s = round(summary.audio_s, 3)
+    return candidates, events_lines, loaders
+
+
+def _words(res: dict):
+    from duplexgym.corpora.dialogue import Word
+
+    if res.get("words") is None:
+        return None
+    return tuple(Word(**w) for w in res["words"])
+
+
+def _detect_group(group: list[tuple[Dialogue, str]], work: Path, options: BuildOptions) -> dict[str, dict]:
+    tracks = [d.track(s) for d, _ in group for s in SPEAKERS]
+    spans = speech_spans(tracks, options.vad, cache_dir=work.parent / "vad")
+    results = {}
+    for i, (dialogue, key) in enumerate(group):
+        per_speaker = {"A": spans[2 * i], "B": spans[2 * i + 1]}
+        events = detect_events(per_speaker, dialogue.words, options.detection)
+        res = {
+            "fingerprint": key,
+            "dialogue": dialogue.id,
+            "duration_s": dialogue.duration_s,
+            "spans": {s: [list(x) for x in v] for s, v in per_speaker.items()},
+            "events": [event_to_dict(e) for e in events],
+            "words": None if dialogue.words is None else [asdict(w) for w in dialogue.words],
+        }
+        _write_text(work / f"{dialogue.id}.json", json.dumps(res))
+        results[dialogue.id] = res
+    return results
+
+
+def _fdb1_candidates(root: Path, summary: BuildSummary):
+    from duplexgym.corpora.sources.fdb1 import fdb1_segments
+
+    ready, errors = fdb1_segments(root)
+    summary.skipped.extend({"file": e.path, "reason": e.problem} for e in errors)
+    summary.dialogues = len(ready)
+    summary.audio_s = round(sum(r.segment.duration_s for r in ready), 3)
+
+    def loader_for(r):
+        def load() -> Dialogue:
+            user = r.load()
+            n = r.segment.n_frames * FRAME_SAMPLES
+            tracks = np.zeros((2, n), dtype=np.float32)
+            tracks[0, : min(n, len(user))] = user[:n]
+            return Dialogue(id=r.segment.dialogue, tracks=tracks, words=None, source=str(r.files[0]))
+
+        return load
+
+    return [r.segment for r in ready], {r.segment.dialogue: loader_for(r) for r in ready}
+
+
+# --- stage 3: segment audio ---------------------------------------------------------------
+
+
+def _segment_key(seg: Segment, fingerprint: str) -> str:
+    return hashlib.sha256(f"{fingerprint}:{seg.start_s}:{seg.n_frames}:{seg.user}".encode()).hexdigest()[:24]
+
+
+def _write_audio(selected: list[Segment], loaders: dict, out: Path, summary: BuildSummary,
+                 progress: Progress) -> list[Segment]:
+    audio_dir = out / "audio"
+    audio_dir.mkdir(exist_ok=True)
+    index_path = out / ".work" / "audio_index.json"
+    index = _read_json(index_path) or {}
+    fingerprints = {}
+    for d in {s.dialogue for s in selected}:
+        res = _read_json(out / ".work" / "dialogues" / f"{d}.json")
+        fingerprints[d] = res["fingerprint"] if res else "fdb1"
+    by_dialogue: dict[str, list[Segment]] = {}
+    for seg in selected:
+        path = audio_dir / f"{seg.id}.flac"
+        if not (path.is_file() and index.get(seg.id) == _segment_key(seg, fingerprints[seg.dialogue])):
+            by_dialogue.setdefault(seg.dialogue, []).append(seg)
+    failed: set[str] = set()
+    for did, segs in progress(sorted(by_dialogue.items()), "audio", len(by_dialogue)):
+        try:
+            dialogue = loaders[did]()
+        except InputFileError as exc:  # the file changed or vanished since detection
+            summary.skipped.append({"file": exc.path, "reason": exc.problem})
+            failed.update(s.id for s in segs)
+            continue
+        for seg in segs:
+            lo = int(round(seg.start_s * SAMPLE_RATE))
+            n = seg.n_frames * FRAME_SAMPLES
+            clip = np.zeros((n, 2), dtype=np.float32)
+            user = dialogue.track(seg.user)[lo : lo + n]
+            ref = dialogue.track(seg.reference)[lo : lo + n]
+            clip[: len(user), 0] = user
+            clip[: len(ref), 1] = ref
+            tmp = audio_dir / f".{seg.id}.tmp.flac"
+            sf.write(str(tmp), clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
+            os.replace(tmp, audio_dir / f"{seg.id}.flac")
+            index[seg.id] = _segment_key(seg, fingerprints[did])
+        _write_text(index_path, json.dumps(index, sort_keys=True))
+    return [
+        Segment(**{**s.__dict__, "audio": f"audio/{s.id}.flac"}) for s in selected if s.id not in failed
+    ]
+
+
+# --- stage 4: codes -----------------------------------------------------------------------
+
+
+def _load_codec(spec: str | None):
+    if spec is None:
+        return None
+    from duplexgym.corpora.codec import load_mimi
+
+    try:
+        return load_mimi(spec)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"--codec {spec}: {exc}") from None
+
+
+def _codec_id(spec: str | None) -> str | None:
+    if spec is None:
+        return None
+    from duplexgym.corpora.codec import codec_id
+
+    return codec_id(spec)
+
+
+def _write_codes(selected: list[Segment], mimi, spec: str, out: Path, progress: Progress) -> list[Segment]:
+    from duplexgym.corpora.codec import encode
+
+    cid = _codec_id(spec)
+    codes_dir = out / "codes"
+    codes_dir.mkdir(exist_ok=True)
+    index_path = out / ".work" / "codes_index.json"
+    audio_index = _read_json(out / ".work" / "audio_index.json") or {}
+    index = _read_json(index_path) or {}
+    done = []
+    todo = [s for s in selected if not ((codes_dir / f"{s.id}.npz").is_file()
+                                        and index.get(s.id) == f"{cid}:{audio_index.get(s.id)}")]
+    for k, seg in enumerate(progress(todo, "codes", len(todo))):
+        audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
+        codes = encode(mimi, np.ascontiguousarray(audio.T))  # [2, 8, F]
+        tmp = codes_dir / f".{seg.id}.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, user=codes[0].astype(np.int16), reference=codes[1].astype(np.int16), codec=np.array(cid))
+        os.replace(tmp, codes_dir / f"{seg.id}.npz")
+        index[seg.id] = f"{cid}:{audio_index.get(seg.id)}"
+        if k % 50 == 49:
+            _write_text(index_path, json.dumps(index, sort_keys=True))
+    _write_text(index_path, json.dumps(index, sort_keys=True))
+    for seg in selected:
+        done.append(Segment(**{**seg.__dict__, "codes": f"codes/{seg.id}.npz"}))
+    return done
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def _remove_orphans(out: Path, selected: list[Segment]) -> None:
+    """Drop audio/codes of segments no longer in the manifest (e.g. after a smaller --per-axis)."""
+    keep = {s.id for s in selected}
+    for sub, suffix in (("audio", ".flac"), ("codes", ".npz")):
+        folder = out / sub
+        if folder.is_dir():
+            for f in folder.glob(f"*{suffix}"):
+                if f.name[: -len(suffix)] not in keep:
+                    f.unlink()
+
+
+def _options_json(options: BuildOptions) -> dict:
+    d = asdict(options)
+    d["vad"] = params_dict(options.vad)
+    return d
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def load_corpus_info(corpus_dir: str | Path) -> dict:
+    """``corpus.json`` of a built corpus (raises :class:`SourceError` if missing)."""
+    info = _read_json(Path(corpus_dir) / "corpus.json")
+    if info is None:
+        raise SourceError(f"{corpus_dir}: no corpus.json; build the corpus with `duplexgym corpus build`")
+    return info
+
+
+__all__ = ["BuildOptions", "BuildSummary", "build_corpus", "infer_format", "read_manifest", "load_corpus_info"]

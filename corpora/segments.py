@@ -1,0 +1,164 @@
+"""Per-axis segments cut around detected events, and their deterministic selection.
+
+A segment is the stretch of a dialogue an episode replays: ``context_s`` of conversation before
+the event, the event, and a window after it for the agent to act in. The *user* is the speaker
+replayed to the agent; the *reference* is the other speaker, what a person actually did there:
+
+=============  ==================  ========================  ==========================================
+axis           user                reference                 window
+=============  ==================  ========================  ==========================================
+pause          who pauses          the silent listener       context .. pause end + ``pause_after_s``
+turn           who ends the turn   who takes the floor       context .. turn end + ``turn_window_s``
+backchannel    who holds the floor who backchannels          context .. last backchannel +
+                                                             ``backchannel_after_s`` (grouped)
+interruption   who barges in       who is interrupted        up to ``interruption_prefix_max_s`` of the
+                                                             interrupted turn .. interrupting turn end
+                                                             + ``interruption_after_s``
+=============  ==================  ========================  ==========================================
+
+Bounds are snapped: ``start_s`` to a 10 ms grid (a whole number of 24 kHz samples), the length
+to whole 80 ms frames. Segments longer than ``max_segment_s`` are cut at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+from duplexgym.corpora.dialogue import FRAME_S, Word, other_speaker
+from duplexgym.corpora.events import Backchannel, Event, Interruption, Pause, TurnShift
+from duplexgym.corpora.manifest import Segment
+
+AXIS_OF_EVENT = {"pause": "pause", "turn": "turn", "backchannel": "backchannel", "interruption": "interruption"}
+#: Start times are snapped down to this grid (s): 240 samples at 24 kHz.
+START_GRID_S = 0.01
+
+
+@dataclass(frozen=True)
+class SegmentParams:
+    """Segment windows, in seconds."""
+
+    context_s: float = 4.0
+    pause_after_s: float = 2.0
+    turn_window_s: float = 4.0
+    backchannel_after_s: float = 2.0
+    interruption_prefix_max_s: float = 4.0
+    interruption_prefix_min_s: float = 1.0
+    interruption_after_s: float = 3.0
+    max_segment_s: float = 30.0
+    min_segment_s: float = 2.0
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            if getattr(self, name) < 0:
+                raise ValueError(f"SegmentParams.{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_segment_s > self.max_segment_s:
+            raise ValueError("SegmentParams.min_segment_s must be <= max_segment_s")
+
+
+def cut_segments(
+    dialogue_id: str,
+    duration_s: float,
+    events: list[Event],
+    words: tuple[Word, ...] | None,
+    params: SegmentParams = SegmentParams(),
+) -> list[Segment]:
+    """Every candidate segment of one dialogue (all axes), in event order."""
+    segments: list[Segment] = []
+    for event in events:
+        if isinstance(event, Pause):
+            seg = _window(dialogue_id, "pause", event.speaker, event.start_s - params.context_s,
+                          event.end_s + params.pause_after_s, event.start_s, duration_s, params,
+                          pause_end_s=event.end_s)
+        elif isinstance(event, TurnShift):
+            seg = _window(dialogue_id, "turn", event.from_speaker, event.end_s - params.context_s,
+                          event.end_s + params.turn_window_s, event.end_s, duration_s, params,
+                          response_s=event.onset_s)
+        elif isinstance(event, Interruption):
+            start = max(event.turn_start_s, event.onset_s - params.interruption_prefix_max_s)
+            if event.onset_s - start < params.interruption_prefix_min_s:
+                continue
+            start = _snap_start(start)
+            seg = _window(dialogue_id, "interruption", event.speaker, start,
+                          event.end_s + params.interruption_after_s, event.onset_s, duration_s, params,
+                          interruption_end_s=event.end_s, agent_prefix_s=(start, event.onset_s),
+                          reference_stop_s=event.stop_s)
+            if seg is not None and seg.agent_prefix_s[0] < seg.start_s:
+                continue
+        else:
+            continue
+        if seg is not None:
+            segments.append(seg)
+    segments.extend(_backchannel_segments(dialogue_id, duration_s, [e for e in events if isinstance(e, Backchannel)], params))
+    segments = [_with_words(s, words) for s in segments]
+    return sorted(segments, key=lambda s: (s.event_s, s.axis, s.user))
+
+
+def _backchannel_segments(did: str, duration_s: float, bcs: list[Backchannel], params: SegmentParams) -> list[Segment]:
+    """Group each listener's backchannels into windows no longer than ``max_segment_s``."""
+    segments = []
+    for listener in sorted({b.speaker for b in bcs}):
+        mine = sorted((b for b in bcs if b.speaker == listener), key=lambda b: b.start_s)
+        group: list[Backchannel] = []
+        for bc in mine + [None]:
+            if bc is not None and group:
+                start = group[0].start_s - params.context_s
+                if bc.end_s + params.backchannel_after_s - max(0.0, start) <= params.max_segment_s:
+                    group.append(bc)
+                    continue
+            if group:
+                first, last = group[0], group[-1]
+                seg = _window(did, "backchannel", first.holder, first.start_s - params.context_s,
+                              last.end_s + params.backchannel_after_s, first.start_s, duration_s, params,
+                              backchannels_s=tuple((b.start_s, b.end_s) for b in group))
+                if seg is not None:
+                    segments.append(seg)
+            group = [bc] if bc is not None else []
+    return segments
+
+
+def _snap_start(t: float) -> float:
+    return round(math.floor(round(t / START_GRID_S, 6)) * START_GRID_S, 2)
+
+
+def _window(did: str, axis: str, user: str, start: float, end: float, event_s: float,
+            duration_s: float, params: SegmentParams, **fields) -> Segment | None:
+    start = _snap_start(max(0.0, start))
+    end = min(end, duration_s, start + params.max_segment_s)
+    n_frames = int(math.floor((end - start) / FRAME_S + 1e-9))
+    if n_frames * FRAME_S < params.min_segment_s or event_s >= start + n_frames * FRAME_S:
+        return None
+    seg_id = f"{did}-{axis}-{int(round(event_s * 1000)):07d}-{user}"
+    return Segment(id=seg_id, axis=axis, dialogue=did, user=user, reference=other_speaker(user),
+                   start_s=start, end_s=round(start + n_frames * FRAME_S, 6), n_frames=n_frames,
+                   event_s=event_s, **fields)
+
+
+def _with_words(seg: Segment, words: tuple[Word, ...] | None) -> Segment:
+    if words is None:
+        return seg
+    inside = tuple(
+        {"text": w.text, "start_s": w.start_s, "end_s": w.end_s}
+        for w in words
+        if w.speaker == seg.user and w.end_s > seg.start_s and w.start_s < seg.end_s
+    )
+    return Segment(**{**seg.__dict__, "user_words": inside})
+
+
+def select_segments(candidates: list[Segment], per_axis: int, seed: int) -> list[Segment]:
+    """At most ``per_axis`` segments per axis, chosen by a seeded hash of each segment id.
+
+    The choice of one segment does not depend on which other candidates exist, so adding a
+    dialogue to a corpus keeps the earlier choices where the quota allows. Output order: axis,
+    dialogue, event time.
+    """
+    from duplexgym import AXES
+
+    chosen = []
+    for axis in AXES:
+        pool = [s for s in candidates if s.axis == axis]
+        pool.sort(key=lambda s: hashlib.blake2b(f"{seed}:{s.id}".encode(), digest_size=8).digest())
+        chosen.extend(pool[:per_axis])
+    order = {a: i for i, a in enumerate(AXES)}
+    return sorted(chosen, key=lambda s: (order[s.axis], s.dialogue, s.event_s, s.id))
