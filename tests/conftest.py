@@ -1,0 +1,78 @@
+"""Shared test set-up: process settings before torch is imported, and real-speech fixtures."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+import duplexgym  # noqa: E402,F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def flite_speech(text: str, voice: str = "slt", rate: int = 24_000) -> np.ndarray:
+    """Real synthetic speech from Debian's flite, float32 mono at ``rate`` Hz (silence trimmed)."""
+    import librosa
+
+    if shutil.which("flite") is None:
+        pytest.fail("flite is missing: run `make test` (scripts/setup.sh installs it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "x.wav"
+        subprocess.run(["flite", "-voice", voice, "-t", text, "-o", str(path)], check=True)
+        audio, sr = sf.read(str(path), dtype="float32")
+    audio, _ = librosa.effects.trim(audio, top_db=40)
+    return librosa.resample(audio, orig_sr=sr, target_sr=rate, res_type="soxr_hq").astype(np.float32)
+
+
+def place(track: np.ndarray, clip: np.ndarray, at_s: float, rate: int = 24_000) -> tuple[float, float]:
+    """Add ``clip`` into ``track`` at ``at_s``; returns the clip's (start_s, end_s)."""
+    lo = int(round(at_s * rate))
+    track[lo : lo + len(clip)] += clip[: len(track) - lo]
+    return at_s, at_s + len(clip) / rate
+
+
+@pytest.fixture(scope="session")
+def speech():
+    """A few real utterances (24 kHz float32) from two voices, made once per test session."""
+    return {
+        "a_long": flite_speech("I was thinking we could walk down to the old market tomorrow morning", "slt"),
+        "a_short": flite_speech("and then we can have lunch by the river", "slt"),
+        "b_long": flite_speech("that sounds like a lovely plan for the weekend", "rms"),
+        "b_bc": flite_speech("yeah", "rms"),
+    }
+
+
+@pytest.fixture(scope="session")
+def pyannote_call(tmp_path_factory):
+    """The 30 s two-person phone call shipped in the pyannote.audio 4.0.7 wheel (16 kHz mono),
+    its RTTM speaker turns and timed transcript: fetched from PyPI with pip, never committed."""
+    import zipfile
+
+    cache = Path(os.environ.get("DUPLEXGYM_TEST_CACHE", Path.home() / ".cache" / "duplexgym" / "test-data"))
+    folder = cache / "pyannote-audio-4.0.7"
+    wav = folder / "sample.wav"
+    if not wav.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        dl = tmp_path_factory.mktemp("wheel")
+        subprocess.run(
+            [os.sys.executable, "-m", "pip", "download", "-q", "--no-deps", "pyannote.audio==4.0.7", "-d", str(dl)],
+            check=True,
+        )
+        wheel = next(dl.glob("pyannote_audio-4.0.7-*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            for name in ("sample.wav", "sample.rttm", "sample.stm"):
+                (folder / name).write_bytes(zf.read(f"pyannote/audio/sample/{name}"))
+    turns = []
+    for line in (folder / "sample.rttm").read_text().splitlines():
+        parts = line.split()
+        turns.append((parts[7], float(parts[3]), float(parts[3]) + float(parts[4])))
+    return {"wav": wav, "turns": turns, "stm": folder / "sample.stm"}

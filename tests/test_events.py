@@ -1,0 +1,108 @@
+"""Event detection rules on hand-built span timelines, including their edges."""
+
+import pytest
+
+from duplexgym.corpora.dialogue import Word
+from duplexgym.corpora.events import (
+    Backchannel,
+    DetectionParams,
+    Interruption,
+    Pause,
+    TurnShift,
+    detect_events,
+    event_from_dict,
+    event_to_dict,
+)
+
+P = DetectionParams()
+
+
+def kinds(events):
+    return [type(e).__name__ for e in events]
+
+
+def test_pause_needs_the_other_speaker_silent():
+    events = detect_events({"A": [(0, 2), (3, 5)], "B": []})
+    assert events == [Pause("A", 2, 3)]
+    # B takes the floor inside the gap: a turn shift and back, no pause
+    events = detect_events({"A": [(0, 2), (3.5, 5)], "B": [(2.2, 3.3)]})
+    assert kinds(events) == ["TurnShift", "TurnShift"]
+
+
+def test_pause_length_edges():
+    at_min = detect_events({"A": [(0, 2), (2 + P.min_pause_s, 4)], "B": []})
+    assert kinds(at_min) == ["Pause"]
+    below = detect_events({"A": [(0, 2), (2 + P.min_pause_s - 0.01, 4)], "B": []})
+    assert below == []
+    above_max = detect_events({"A": [(0, 2), (2 + P.max_pause_s + 0.01, 9)], "B": []})
+    assert above_max == []
+
+
+def test_backchannel_inside_a_pause_keeps_the_pause():
+    events = detect_events({"A": [(0, 3), (4.5, 8)], "B": [(3.3, 3.7)]})
+    assert kinds(events) == ["Pause", "Backchannel"]
+    assert events[1] == Backchannel("B", "A", 3.3, 3.7, None)
+
+
+def test_backchannel_while_holder_talks_and_its_edges():
+    base = {"A": [(0, 6)], "B": [(2, 2.4)]}
+    assert detect_events(base) == [Backchannel("B", "A", 2, 2.4, None)]
+    too_long = {"A": [(0, 6)], "B": [(2, 2 + P.backchannel_max_s)]}
+    assert detect_events(too_long) == []  # a 1 s overlap that A talks through: no event
+    words = [Word("B", 2.0, 2.1, "yes"), Word("B", 2.1, 2.2, "I"), Word("B", 2.2, 2.35, "see")]
+    assert detect_events(base, words) == []  # three words: not a backchannel
+    two = [Word("B", 2.0, 2.1, "uh"), Word("B", 2.1, 2.35, "huh")]
+    assert detect_events(base, two) == [Backchannel("B", "A", 2, 2.4, 2)]
+
+
+def test_backchannel_needs_holder_to_go_on():
+    # A stops right at the short utterance and never resumes: B's "okay" ends the exchange
+    events = detect_events({"A": [(0, 2)], "B": [(2.3, 2.8)]})
+    assert kinds(events) == ["TurnShift"]
+
+
+def test_turn_shift_gap_and_overlap_edges():
+    gap = detect_events({"A": [(0, 3)], "B": [(3.4, 6)]})
+    assert gap == [TurnShift("A", "B", 3, 3.4)] and gap[0].gap_s == pytest.approx(0.4)
+    too_late = detect_events({"A": [(0, 3)], "B": [(3 + P.max_turn_gap_s + 0.01, 8)]})
+    assert too_late == []
+    overlap = detect_events({"A": [(0, 3)], "B": [(3 - P.max_shift_overlap_s, 6)]})
+    assert overlap == [TurnShift("A", "B", 3, 3 - P.max_shift_overlap_s)]
+    assert overlap[0].gap_s < 0
+
+
+def test_interruption_and_its_edges():
+    events = detect_events({"A": [(0, 4)], "B": [(3, 6)]})
+    assert events == [Interruption("B", "A", 3, 4, 6, 0)]
+    # A talks on more than interruption_max_stop_s after B's onset: no floor change
+    assert detect_events({"A": [(0, 5.5)], "B": [(3, 6)]}) == []
+    # A had barely started (< interruption_min_prior_s): not an interruption
+    assert detect_events({"A": [(2.5, 4)], "B": [(3, 6)]}) == []
+    # B stops right after A: it does not hold the floor
+    assert detect_events({"A": [(0, 4)], "B": [(3, 4.2)]}) == []
+
+
+def test_interruption_prefix_starts_at_the_interrupted_turn():
+    events = detect_events({"A": [(0, 2), (2.8, 6)], "B": [(5, 8)]})
+    intr = [e for e in events if isinstance(e, Interruption)]
+    assert intr == [Interruption("B", "A", 5, 6, 8, 0)]
+
+
+def test_overlap_talked_through_is_no_event_and_floor_follows_furthest_span():
+    # B speaks 1.5 s inside A's long span (A keeps the floor), then takes a real turn later
+    events = detect_events({"A": [(0, 6)], "B": [(2, 3.5), (6.3, 9)]})
+    assert events == [TurnShift("A", "B", 6, 6.3)]
+
+
+def test_events_round_trip_and_params_validation():
+    for e in detect_events({"A": [(0, 2), (3, 4)], "B": [(4.2, 7)]}):
+        assert event_from_dict(event_to_dict(e)) == e
+    with pytest.raises(ValueError, match="min_pause_s"):
+        DetectionParams(min_pause_s=-1)
+    with pytest.raises(ValueError, match="max_shift_overlap_s"):
+        DetectionParams(max_shift_overlap_s=3, interruption_max_stop_s=2)
+
+
+def test_no_speech_no_events():
+    assert detect_events({"A": [], "B": []}) == []
+    assert detect_events({"A": [(0, 30)], "B": []}) == []

@@ -1,0 +1,64 @@
+"""Batched silero VAD: row independence (so caching is safe), agreement with silero's own
+get_speech_timestamps on real speech, and the probability cache."""
+
+import numpy as np
+import pytest
+
+from duplexgym.corpora import vad
+from tests.conftest import place
+
+
+@pytest.fixture(scope="module")
+def dialogue_track(speech):
+    """20 s of real speech with known gaps, 24 kHz."""
+    track = np.zeros(24_000 * 20, dtype=np.float32)
+    spans = [place(track, speech["a_long"], 1.0)]
+    spans.append(place(track, speech["a_short"], spans[-1][1] + 1.2))
+    spans.append(place(track, speech["a_long"], spans[-1][1] + 0.8))
+    return track, spans
+
+
+def test_a_tracks_probabilities_do_not_depend_on_its_batch_mates(dialogue_track, speech):
+    track16 = vad.to_vad_rate(dialogue_track[0])
+    alone = vad.speech_probabilities([track16])[0]
+    rng = np.random.default_rng(0)
+    others = [rng.standard_normal(16_000 * 30).astype(np.float32) * 0.05, vad.to_vad_rate(speech["b_long"])]
+    together = vad.speech_probabilities([others[0], track16, others[1]])[1]
+    assert alone.dtype == np.float32 and alone.shape == (-(-len(track16) // vad.CHUNK_SAMPLES),)
+    np.testing.assert_array_equal(alone, together)
+
+
+def test_spans_match_silero_get_speech_timestamps(dialogue_track):
+    import silero_vad
+    import torch
+
+    track, truth = dialogue_track
+    ours = vad.speech_spans([track])[0]
+    track16 = vad.to_vad_rate(track)
+    stamps = silero_vad.get_speech_timestamps(torch.from_numpy(track16), vad._model(), sampling_rate=16_000)
+    theirs = [(s["start"] / 16_000, s["end"] / 16_000) for s in stamps]
+    assert len(ours) == len(theirs) >= 3
+    worst = max(max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(ours, theirs))
+    assert worst <= 0.1, f"batched VAD spans differ from silero's by up to {worst:.3f} s"
+    # and both find the placed utterances (gaps of 0.8 s and more stay gaps)
+    for start, end in truth:
+        assert any(abs(a - start) < 0.15 for a, _ in ours), (start, ours)
+        assert any(abs(b - end) < 0.15 for _, b in ours), (end, ours)
+
+
+def test_probability_cache_round_trip(dialogue_track, tmp_path):
+    track16 = vad.to_vad_rate(dialogue_track[0])
+    first = vad.speech_probabilities([track16], cache_dir=tmp_path)[0]
+    files = list(tmp_path.glob("*.npy"))
+    assert len(files) == 1
+    again = vad.speech_probabilities([track16], cache_dir=tmp_path)[0]
+    np.testing.assert_array_equal(first, again)
+    # a corrupt cache entry is recomputed, not trusted
+    files[0].write_bytes(b"garbage")
+    np.testing.assert_array_equal(vad.speech_probabilities([track16], cache_dir=tmp_path)[0], first)
+
+
+def test_silence_has_no_speech_and_params_are_validated():
+    assert vad.speech_spans([np.zeros(24_000 * 3, dtype=np.float32)]) == [[]]
+    with pytest.raises(ValueError, match="threshold"):
+        vad.VadParams(threshold=1.5)
