@@ -302,7 +302,8 @@ def _fdb1_candidates(root: Path, summary: BuildSummary):
 
         return load
 
-    return [r.segment for r in ready], {r.segment.dialogue: loader_for(r) for r in ready}
+    segments = [Segment(**{**r.segment.__dict__, "texts": r.texts or None}) for r in ready]
+    return segments, {r.segment.dialogue: loader_for(r) for r in ready}
 
 
 # --- stage 3: segment audio ---------------------------------------------------------------
@@ -316,8 +317,7 @@ def _write_audio(selected: list[Segment], loaders: dict, out: Path, summary: Bui
                  progress: Progress) -> list[Segment]:
     audio_dir = out / "audio"
     audio_dir.mkdir(exist_ok=True)
-    index_path = out / ".work" / "audio_index.json"
-    index = _read_json(index_path) or {}
+    journal = _Journal(out / ".work" / "audio.journal")
     fingerprints = {}
     for d in {s.dialogue for s in selected}:
         res = _read_json(out / ".work" / "dialogues" / f"{d}.json")
@@ -325,29 +325,31 @@ def _write_audio(selected: list[Segment], loaders: dict, out: Path, summary: Bui
     by_dialogue: dict[str, list[Segment]] = {}
     for seg in selected:
         path = audio_dir / f"{seg.id}.flac"
-        if not (path.is_file() and index.get(seg.id) == _segment_key(seg, fingerprints[seg.dialogue])):
+        if not (path.is_file() and journal.get(seg.id) == _segment_key(seg, fingerprints[seg.dialogue])):
             by_dialogue.setdefault(seg.dialogue, []).append(seg)
     failed: set[str] = set()
-    for did, segs in progress(sorted(by_dialogue.items()), "audio", len(by_dialogue)):
-        try:
-            dialogue = loaders[did]()
-        except InputFileError as exc:  # the file changed or vanished since detection
-            summary.skipped.append({"file": exc.path, "reason": exc.problem})
-            failed.update(s.id for s in segs)
-            continue
-        for seg in segs:
-            lo = int(round(seg.start_s * SAMPLE_RATE))
-            n = seg.n_frames * FRAME_SAMPLES
-            clip = np.zeros((n, 2), dtype=np.float32)
-            user = dialogue.track(seg.user)[lo : lo + n]
-            ref = dialogue.track(seg.reference)[lo : lo + n]
-            clip[: len(user), 0] = user
-            clip[: len(ref), 1] = ref
-            tmp = audio_dir / f".{seg.id}.tmp.flac"
-            sf.write(str(tmp), clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-            os.replace(tmp, audio_dir / f"{seg.id}.flac")
-            index[seg.id] = _segment_key(seg, fingerprints[did])
-        _write_text(index_path, json.dumps(index, sort_keys=True))
+    try:
+        for did, segs in progress(sorted(by_dialogue.items()), "audio", len(by_dialogue)):
+            try:
+                dialogue = loaders[did]()
+            except InputFileError as exc:  # the file changed or vanished since detection
+                summary.skipped.append({"file": exc.path, "reason": exc.problem})
+                failed.update(s.id for s in segs)
+                continue
+            for seg in segs:
+                lo = int(round(seg.start_s * SAMPLE_RATE))
+                n = seg.n_frames * FRAME_SAMPLES
+                clip = np.zeros((n, 2), dtype=np.float32)
+                user = dialogue.track(seg.user)[lo : lo + n]
+                ref = dialogue.track(seg.reference)[lo : lo + n]
+                clip[: len(user), 0] = user
+                clip[: len(ref), 1] = ref
+                tmp = audio_dir / f".{seg.id}.tmp.flac"
+                sf.write(str(tmp), clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
+                os.replace(tmp, audio_dir / f"{seg.id}.flac")
+                journal.add(seg.id, _segment_key(seg, fingerprints[did]))
+    finally:
+        journal.close()
     return [
         Segment(**{**s.__dict__, "audio": f"audio/{s.id}.flac"}) for s in selected if s.id not in failed
     ]
@@ -381,29 +383,57 @@ def _write_codes(selected: list[Segment], mimi, spec: str, out: Path, progress: 
     cid = _codec_id(spec)
     codes_dir = out / "codes"
     codes_dir.mkdir(exist_ok=True)
-    index_path = out / ".work" / "codes_index.json"
-    audio_index = _read_json(out / ".work" / "audio_index.json") or {}
-    index = _read_json(index_path) or {}
-    done = []
-    todo = [s for s in selected if not ((codes_dir / f"{s.id}.npz").is_file()
-                                        and index.get(s.id) == f"{cid}:{audio_index.get(s.id)}")]
-    for k, seg in enumerate(progress(todo, "codes", len(todo))):
-        audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
-        codes = encode(mimi, np.ascontiguousarray(audio.T))  # [2, 8, F]
-        tmp = codes_dir / f".{seg.id}.tmp.npz"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, user=codes[0].astype(np.int16), reference=codes[1].astype(np.int16), codec=np.array(cid))
-        os.replace(tmp, codes_dir / f"{seg.id}.npz")
-        index[seg.id] = f"{cid}:{audio_index.get(seg.id)}"
-        if k % 50 == 49:
-            _write_text(index_path, json.dumps(index, sort_keys=True))
-    _write_text(index_path, json.dumps(index, sort_keys=True))
-    for seg in selected:
-        done.append(Segment(**{**seg.__dict__, "codes": f"codes/{seg.id}.npz"}))
-    return done
+    audio_keys = _Journal(out / ".work" / "audio.journal")
+    audio_keys.close()
+    journal = _Journal(out / ".work" / "codes.journal")
+    key = lambda seg: f"{cid}:{audio_keys.get(seg.id)}"  # noqa: E731
+    todo = [s for s in selected if not ((codes_dir / f"{s.id}.npz").is_file() and journal.get(s.id) == key(s))]
+    try:
+        for seg in progress(todo, "codes", len(todo)):
+            audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
+            codes = encode(mimi, np.ascontiguousarray(audio.T))  # [2, 8, n_frames]
+            tmp = codes_dir / f".{seg.id}.tmp.npz"
+            with open(tmp, "wb") as fh:
+                np.savez(fh, user=codes[0].astype(np.int16), reference=codes[1].astype(np.int16), codec=np.array(cid))
+            os.replace(tmp, codes_dir / f"{seg.id}.npz")
+            journal.add(seg.id, key(seg))
+    finally:
+        journal.close()
+    return [Segment(**{**seg.__dict__, "codes": f"codes/{seg.id}.npz"}) for seg in selected]
 
 
 # --- files --------------------------------------------------------------------------------
+
+
+class _Journal:
+    """An append-only ``{id: key}`` record of finished files: one line per file, flushed at once,
+    so an interrupted stage loses nothing it finished. The last line for an id wins."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: dict[str, str] = {}
+        try:
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    sid, key = json.loads(line)
+                    self.entries[sid] = key
+                except (ValueError, TypeError):
+                    continue  # a line cut by a crash
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = path.open("a", encoding="utf-8")
+
+    def get(self, sid: str) -> str | None:
+        return self.entries.get(sid)
+
+    def add(self, sid: str, key: str) -> None:
+        self.entries[sid] = key
+        self._fh.write(json.dumps([sid, key]) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _remove_orphans(out: Path, selected: list[Segment]) -> None:

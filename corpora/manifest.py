@@ -22,6 +22,8 @@ dialogue, not of the segment; ``null`` where not applicable)::
     reference_stop_s    float  interruption axis: when the interrupted human actually stopped
     user_words          list   [{"text", "start_s", "end_s"}, ...] of the user inside the segment,
                                or null when no transcript is known
+    texts               dict   interruption axis, when the source gives them (fdb1):
+                               {"context": ..., "interrupt": ...} transcripts for the quality judge
     has_reference       bool   false when the source has no human reference track (fdb1)
     audio               str    path relative to the corpus folder of a 2-channel 24 kHz FLAC:
                                channel 0 = user, channel 1 = human reference
@@ -66,6 +68,7 @@ class Segment:
     agent_prefix_s: tuple[float, float] | None = None
     reference_stop_s: float | None = None
     user_words: tuple[dict, ...] | None = None
+    texts: dict | None = None
     has_reference: bool = True
     audio: str = ""
     codes: str | None = None

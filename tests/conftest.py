@@ -76,3 +76,36 @@ def pyannote_call(tmp_path_factory):
         parts = line.split()
         turns.append((parts[7], float(parts[3]), float(parts[3]) + float(parts[4])))
     return {"wav": wav, "turns": turns, "stm": folder / "sample.stm"}
+
+
+def scripted_dialogue(speech: dict, interrupt_stop_s: float = 0.8) -> tuple[np.ndarray, dict]:
+    """A 2-speaker dialogue of real speech with one of each event, and its true event times.
+
+    Returns float32 ``[2, N]`` at 24 kHz and ``{"pause": (start, end), "turn": (end, onset),
+    "backchannel": (start, end), "interruption": (onset, stop)}`` in seconds.
+    """
+    a_long, a_short, b_long, b_bc = speech["a_long"], speech["a_short"], speech["b_long"], speech["b_bc"]
+    sec = lambda clip: len(clip) / 24_000  # noqa: E731
+    total = 3 * sec(a_long) + sec(a_short) + 2 * sec(b_long) + 12
+    tracks = np.zeros((2, int(total * 24_000)), dtype=np.float32)
+    truth = {}
+    _, e1 = place(tracks[0], a_long, 0.5)
+    s2, e2 = place(tracks[0], a_short, e1 + 1.2)
+    truth["pause"] = (e1, s2)
+    s3, e3 = place(tracks[1], b_long, e2 + 0.5)
+    truth["turn"] = (e2, s3)
+    s4, e4 = place(tracks[0], a_long, e3 + 0.6)
+    bc = place(tracks[1], b_bc, s4 + 1.3)
+    truth["backchannel"] = bc
+    _, e5 = place(tracks[1], b_long, e4 + 0.4)
+    s6, _ = place(tracks[0], a_long, e5 + 0.5)
+    onset = s6 + 1.8
+    stop = onset + interrupt_stop_s
+    lo = int(stop * 24_000)
+    fade = np.linspace(1, 0, 480, dtype=np.float32)
+    tracks[0, lo : lo + 480] *= fade
+    tracks[0, lo + 480 :] = 0
+    place(tracks[1], b_long, onset)
+    truth["interruption"] = (onset, stop)
+    tracks += np.random.default_rng(7).standard_normal(tracks.shape).astype(np.float32) * 1e-4
+    return tracks, truth
