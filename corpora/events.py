@@ -9,8 +9,9 @@ The rules, every threshold a field of :class:`DetectionParams`:
 1. **Backchannel**: a span of listener X shorter than ``backchannel_max_s`` (and with at most
    ``backchannel_max_words`` words when words are known), with no other speech of X within
    ``backchannel_isolation_s`` before or after it, while the other speaker Y holds the floor: Y
-   spoke within ``backchannel_holder_gap_s`` before its onset and goes on speaking for at least
-   ``backchannel_holder_after_s`` after its end. Backchannels do not take the floor; every other
+   spoke within ``backchannel_holder_gap_s`` before its onset, and speaks again within
+   ``backchannel_holder_resume_s`` of its end, going on for at least ``backchannel_holder_after_s``
+   past it. Backchannels do not take the floor; every other
    span is a *floor span*.
 2. **Pause**: two consecutive floor spans of one speaker separated by a silence of
    ``min_pause_s``..``max_pause_s`` in which the other speaker has no floor speech (a backchannel
@@ -19,11 +20,13 @@ The rules, every threshold a field of :class:`DetectionParams`:
    started before it is X's (X held the floor). If X had stopped, the gap must be at most
    ``max_turn_gap_s``; if X was still speaking, X must stop within ``max_shift_overlap_s`` of Y's
    onset (a small overlap at a turn end). Anchor: X's turn end.
+   An overlap up to ``interruption_max_stop_s`` on a turn of X younger than
+   ``interruption_min_prior_s`` is a turn shift too (a competitive start at a short turn's end).
 4. **Interruption**: as 3, but X is still speaking and stops ``max_shift_overlap_s`` to
    ``interruption_max_stop_s`` after Y's onset, X had held its turn for at least
-   ``interruption_min_prior_s`` before it, and Y goes on for at least ``interruption_min_hold_s``
-   after X stops. Anchor: Y's onset. The interrupting turn ends where Y's floor spans, chained over
-   gaps shorter than ``min_pause_s``, end.
+   ``interruption_min_prior_s`` before it, X does not resume before Y's span ends, and Y goes on
+   for at least ``interruption_min_hold_s`` after X stops. Anchor: Y's onset. The interrupting turn
+   ends where Y's floor spans, chained over gaps shorter than ``min_pause_s``, end.
 
 Y's span lying entirely inside X's (X keeps talking) is none of these.
 """
@@ -50,7 +53,8 @@ class DetectionParams:
     backchannel_max_s: float = 1.0
     backchannel_max_words: int = 2
     backchannel_isolation_s: float = 1.0
-    backchannel_holder_gap_s: float = 1.0
+    backchannel_holder_gap_s: float = 0.4
+    backchannel_holder_resume_s: float = 1.0
     backchannel_holder_after_s: float = 0.3
     interruption_max_stop_s: float = 2.0
     interruption_min_prior_s: float = 1.0
@@ -196,7 +200,7 @@ def _is_backchannel(own: list[Span], i: int, other: list[Span], n_words: int | N
     if i + 1 < len(own) and own[i + 1][0] < end + p.backchannel_isolation_s:
         return False
     held_before = any(a < start and b > start - p.backchannel_holder_gap_s for a, b in other)
-    goes_on = any(a < end + p.backchannel_holder_gap_s and b >= end + p.backchannel_holder_after_s for a, b in other)
+    goes_on = any(a < end + p.backchannel_holder_resume_s and b >= end + p.backchannel_holder_after_s for a, b in other)
     return held_before and goes_on
 
 
@@ -252,13 +256,16 @@ def _floor_changes(floor: dict[str, list[Span]], p: DetectionParams) -> list[Eve
                 found.append(TurnShift(x, y, x_end, y_start))
             continue
         overlap = x_end - y_start
-        if y_end <= x_end or resumes < y_end:
-            continue  # X keeps (or takes back) the floor
+        if y_end <= x_end:
+            continue  # X talks through Y's span and keeps the floor
         if overlap <= p.max_shift_overlap_s:
             found.append(TurnShift(x, y, x_end, y_start))
         elif overlap <= p.interruption_max_stop_s:
             turn_start = _turn_start(own_x, ix, floor[y], p)
+            if y_start - turn_start < p.interruption_min_prior_s:
+                found.append(TurnShift(x, y, x_end, y_start))  # X's turn had barely begun
+                continue
             y_end_turn = _turn_end(floor[y], index[y][(y_start, y_end)], p)
-            if y_start - turn_start >= p.interruption_min_prior_s and y_end_turn - x_end >= p.interruption_min_hold_s:
+            if resumes >= y_end and y_end_turn - x_end >= p.interruption_min_hold_s:
                 found.append(Interruption(y, x, y_start, x_end, y_end_turn, turn_start))
     return found

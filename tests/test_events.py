@@ -55,6 +55,12 @@ def test_backchannel_while_holder_talks_and_its_edges():
     assert detect_events(base, two) == [Backchannel("B", "A", 2, 2.4, 2)]
 
 
+def test_backchannel_needs_holder_close_before():
+    # A fell silent 0.45 s before B's short "hello?": B answers, it is a turn, not a backchannel
+    events = detect_events({"A": [(0, 2), (3.35, 6)], "B": [(2.45, 3.3)]})
+    assert kinds(events) == ["TurnShift", "TurnShift"]
+
+
 def test_backchannel_needs_holder_to_go_on():
     # A stops right at the short utterance and never resumes: B's "okay" ends the exchange
     events = detect_events({"A": [(0, 2)], "B": [(2.3, 2.8)]})
@@ -76,8 +82,10 @@ def test_interruption_and_its_edges():
     assert events == [Interruption("B", "A", 3, 4, 6, 0)]
     # A talks on more than interruption_max_stop_s after B's onset: no floor change
     assert detect_events({"A": [(0, 5.5)], "B": [(3, 6)]}) == []
-    # A had barely started (< interruption_min_prior_s): not an interruption
-    assert detect_events({"A": [(2.5, 4)], "B": [(3, 6)]}) == []
+    # A had barely started (< interruption_min_prior_s): an overlapping turn shift instead
+    assert detect_events({"A": [(2.5, 4)], "B": [(3, 6)]}) == [TurnShift("A", "B", 4, 3)]
+    # A takes the floor back while B still talks: B did not interrupt A, A interrupts B
+    assert detect_events({"A": [(0, 4), (4.5, 9)], "B": [(3, 6)]}) == [Interruption("A", "B", 4.5, 6, 9, 3)]
     # B stops right after A: it does not hold the floor
     assert detect_events({"A": [(0, 4)], "B": [(3, 4.2)]}) == []
 
