@@ -131,16 +131,16 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     mimi = _load_codec(options.codec)  # fail on a bad --codec before any work
 
     if fmt == "fdb1":
-        candidates, loaders = _fdb1_candidates(Path(source), summary)
+        candidates, loaders, fingerprints = _fdb1_candidates(Path(source), summary)
         events_lines: list[str] = []
     else:
         sources = _dialogue_sources(source, fmt, out, options, summary, progress)
-        candidates, events_lines, loaders = _detect_all(sources, out, options, summary, progress)
+        candidates, events_lines, loaders, fingerprints = _detect_all(sources, out, options, summary, progress)
 
     for axis in _axes():
         summary.candidates[axis] = sum(1 for s in candidates if s.axis == axis)
     selected = select_segments(candidates, options.per_axis, options.seed)
-    selected = _write_audio(selected, loaders, out, summary, progress)
+    selected = _write_audio(selected, loaders, fingerprints, out, summary, progress)
     if mimi is not None:
         selected = _write_codes(selected, mimi, options.codec, out, progress)
     for axis in _axes():
@@ -200,12 +200,16 @@ def _dialogue_sources(source: str, fmt: str, out: Path, options: BuildOptions, s
 
 
 def _fingerprint(src: DialogueSource, options: BuildOptions) -> str:
+    return _files_fingerprint(src.files, {"vad": params_dict(options.vad), "detection": asdict(options.detection)})
+
+
+def _files_fingerprint(paths: Iterable[Path], extra: dict) -> str:
+    """Identifies input files by path, size and mtime, plus the options that shaped the result."""
     files = []
-    for f in src.files:
+    for f in paths:
         st = f.stat() if f.exists() else None
         files.append([str(f), st.st_size if st else -1, st.st_mtime_ns if st else -1])
-    blob = json.dumps({"v": BUILD_VERSION, "files": files, "vad": params_dict(options.vad),
-                       "detection": asdict(options.detection)}, sort_keys=True)
+    blob = json.dumps({"v": BUILD_VERSION, "files": files, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -253,7 +257,8 @@ def _detect_all(sources: list[DialogueSource], out: Path, options: BuildOptions,
         events_lines.extend(json.dumps({"dialogue": src.id, **event_to_dict(e)}, sort_keys=True) for e in events)
         candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments))
     summary.audio_s = round(summary.audio_s, 3)
-    return candidates, events_lines, loaders
+    fingerprints = {did: res["fingerprint"] for did, res in results.items()}
+    return candidates, events_lines, loaders, fingerprints
 
 
 def _words(res: dict):
@@ -303,7 +308,8 @@ def _fdb1_candidates(root: Path, summary: BuildSummary):
         return load
 
     segments = [Segment(**{**r.segment.__dict__, "texts": r.texts or None}) for r in ready]
-    return segments, {r.segment.dialogue: loader_for(r) for r in ready}
+    fingerprints = {r.segment.dialogue: _files_fingerprint(r.files, {}) for r in ready}
+    return segments, {r.segment.dialogue: loader_for(r) for r in ready}, fingerprints
 
 
 # --- stage 3: segment audio ---------------------------------------------------------------
@@ -313,15 +319,11 @@ def _segment_key(seg: Segment, fingerprint: str) -> str:
     return hashlib.sha256(f"{fingerprint}:{seg.start_s}:{seg.n_frames}:{seg.user}".encode()).hexdigest()[:24]
 
 
-def _write_audio(selected: list[Segment], loaders: dict, out: Path, summary: BuildSummary,
-                 progress: Progress) -> list[Segment]:
+def _write_audio(selected: list[Segment], loaders: dict, fingerprints: dict[str, str], out: Path,
+                 summary: BuildSummary, progress: Progress) -> list[Segment]:
     audio_dir = out / "audio"
     audio_dir.mkdir(exist_ok=True)
     journal = _Journal(out / ".work" / "audio.journal")
-    fingerprints = {}
-    for d in {s.dialogue for s in selected}:
-        res = _read_json(out / ".work" / "dialogues" / f"{d}.json")
-        fingerprints[d] = res["fingerprint"] if res else "fdb1"
     by_dialogue: dict[str, list[Segment]] = {}
     for seg in selected:
         path = audio_dir / f"{seg.id}.flac"

@@ -381,3 +381,25 @@ def test_task_folders_without_samples(tmp_path):
         fdb1_segments(tmp_path)
     with pytest.raises(SourceError, match="not a folder"):
         fdb1_segments(tmp_path / "missing")
+
+
+def test_build_corpus_from_fdb1(bench, tmp_path):
+    """Through the builder: segments with the user track, a silent reference, texts kept."""
+    import soundfile as sf
+
+    from duplexgym.corpora.build import BuildOptions, build_corpus, infer_format
+    from duplexgym.corpora.manifest import read_manifest
+
+    root, _ = bench
+    assert infer_format(str(root)) == "fdb1"
+    summary = build_corpus(root, tmp_path / "c", BuildOptions())
+    segments = read_manifest(tmp_path / "c")
+    assert summary.format == "fdb1" and len(segments) == sum(summary.segments.values()) >= 5
+    assert {s.axis for s in segments} == {"pause", "turn", "backchannel", "interruption"}
+    for seg in segments:
+        audio, rate = sf.read(str(tmp_path / "c" / seg.audio), dtype="float32")
+        assert rate == 24_000 and audio.shape == (seg.n_frames * 1920, 2)
+        assert np.abs(audio[:, 0]).max() > 0.05 and np.abs(audio[:, 1]).max() == 0.0
+        assert seg.has_reference is False
+    intr = [s for s in segments if s.axis == "interruption"]
+    assert intr and all(s.texts and "interrupt" in s.texts for s in intr)
