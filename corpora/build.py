@@ -44,6 +44,8 @@ BUILD_VERSION = 1
 #: Dialogues are loaded and VAD-ed together in groups of at most this much audio (s), so the
 #: VAD batches are full and memory stays bounded (about 23 MB per minute of stereo audio).
 GROUP_AUDIO_S = 1200.0
+#: Rows per Mimi batch when computing codes (2 per segment). Fixed, like the VAD's batch.
+CODES_BATCH_ROWS = 16
 #: Default number of dialogues of the synthetic format.
 DEFAULT_SYNTHETIC_DIALOGUES = 48
 
@@ -142,7 +144,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     selected = select_segments(candidates, options.per_axis, options.seed)
     selected = _write_audio(selected, loaders, fingerprints, out, summary, progress)
     if mimi is not None:
-        selected = _write_codes(selected, mimi, options.codec, out, progress)
+        selected = _write_codes(selected, mimi, out, progress)
     for axis in _axes():
         summary.segments[axis] = sum(1 for s in selected if s.axis == axis)
 
@@ -155,7 +157,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
         "source": source,
         "format": fmt,
         "options": _options_json(options),
-        "codec": _codec_id(options.codec),
+        "codec": None if mimi is None else _codec_id(mimi),
         "summary": {k: v for k, v in summary.to_json().items() if k not in ("seconds", "reused_dialogues")},
     }
     _write_text(out / "corpus.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -367,22 +369,25 @@ def _load_codec(spec: str | None):
 
     try:
         return load_mimi(spec)
+    except SourceError:
+        raise
     except (OSError, ValueError) as exc:
         raise SourceError(f"--codec {spec}: {exc}") from None
 
 
-def _codec_id(spec: str | None) -> str | None:
-    if spec is None:
-        return None
+def _codec_id(mimi) -> str:
     from duplexgym.corpora.codec import codec_id
 
-    return codec_id(spec)
+    return codec_id(mimi)
 
 
-def _write_codes(selected: list[Segment], mimi, spec: str, out: Path, progress: Progress) -> list[Segment]:
-    from duplexgym.corpora.codec import encode
+def _write_codes(selected: list[Segment], mimi, out: Path, progress: Progress) -> list[Segment]:
+    """Mimi codes of each segment's user and reference channel, in batches of a fixed
+    :data:`CODES_BATCH_ROWS` rows (zero rows pad the last): a row's codes depend only on its own
+    samples (checked bit for bit in the tests), so resumed and fresh builds agree."""
+    from duplexgym.corpora.codec import codec_id, encode
 
-    cid = _codec_id(spec)
+    cid = codec_id(mimi)
     codes_dir = out / "codes"
     codes_dir.mkdir(exist_ok=True)
     audio_keys = _Journal(out / ".work" / "audio.journal")
@@ -390,15 +395,24 @@ def _write_codes(selected: list[Segment], mimi, spec: str, out: Path, progress: 
     journal = _Journal(out / ".work" / "codes.journal")
     key = lambda seg: f"{cid}:{audio_keys.get(seg.id)}"  # noqa: E731
     todo = [s for s in selected if not ((codes_dir / f"{s.id}.npz").is_file() and journal.get(s.id) == key(s))]
+    todo.sort(key=lambda s: (s.n_frames, s.id))  # similar lengths share a batch: little padding
+    per_batch = CODES_BATCH_ROWS // 2
+    batches = [todo[i : i + per_batch] for i in range(0, len(todo), per_batch)]
     try:
-        for seg in progress(todo, "codes", len(todo)):
-            audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
-            codes = encode(mimi, np.ascontiguousarray(audio.T))  # [2, 8, n_frames]
-            tmp = codes_dir / f".{seg.id}.tmp.npz"
-            with open(tmp, "wb") as fh:
-                np.savez(fh, user=codes[0].astype(np.int16), reference=codes[1].astype(np.int16), codec=np.array(cid))
-            os.replace(tmp, codes_dir / f"{seg.id}.npz")
-            journal.add(seg.id, key(seg))
+        for batch in progress(batches, "codes", len(batches)):
+            n = max(s.n_frames for s in batch) * FRAME_SAMPLES
+            rows = np.zeros((CODES_BATCH_ROWS, n), dtype=np.float32)
+            for i, seg in enumerate(batch):
+                audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
+                rows[2 * i : 2 * i + 2, : len(audio)] = audio.T
+            codes = encode(mimi, rows)  # [rows, 8, frames]
+            for i, seg in enumerate(batch):
+                tmp = codes_dir / f".{seg.id}.tmp.npz"
+                with open(tmp, "wb") as fh:
+                    np.savez(fh, user=codes[2 * i, :, : seg.n_frames], reference=codes[2 * i + 1, :, : seg.n_frames],
+                             codec=np.array(cid))
+                os.replace(tmp, codes_dir / f"{seg.id}.npz")
+                journal.add(seg.id, key(seg))
     finally:
         journal.close()
     return [Segment(**{**seg.__dict__, "codes": f"codes/{seg.id}.npz"}) for seg in selected]

@@ -166,3 +166,41 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path):
     assert proc.returncode == 2 and "no manifest.jsonl" in proc.stderr
     proc = run_cli("corpus", "build", str(tmp_path), "--out", str(tmp_path / "o"), "--dialogues", "3", "--format", "stereo")
     assert proc.returncode == 2 and "--dialogues applies to the synthetic format only" in proc.stderr
+
+
+def test_codes_cache_with_the_tiny_codec(built, source_dir, tmp_path):
+    """--codec tiny stores user and reference codes per segment; a resumed build recomputes
+    missing ones in other batches and still gets the same bytes."""
+    from duplexgym.corpora.codec import codec_id, encode, load_mimi
+
+    out = tmp_path / "codes"
+    summary = build_corpus(source_dir[0], out, BuildOptions(seed=3, per_axis=3, codec="tiny"))
+    segments = read_manifest(out)
+    info = json.loads((out / "corpus.json").read_text())
+    mimi = load_mimi("tiny")
+    assert info["codec"] == codec_id(mimi)
+    first = {}
+    for seg in segments:
+        with np.load(out / seg.codes) as z:
+            assert z["user"].shape == z["reference"].shape == (8, seg.n_frames)
+            assert z["user"].dtype == np.int16 and str(z["codec"]) == info["codec"]
+            first[seg.id] = (out / seg.codes).read_bytes()
+    seg = segments[0]  # the stored codes are the streaming codes of the stored audio
+    audio, _ = sf.read(str(out / seg.audio), dtype="float32")
+    with np.load(out / seg.codes) as z:
+        np.testing.assert_array_equal(z["user"], encode(mimi, audio[:, 0]))
+    for seg in segments[::2]:
+        (out / seg.codes).unlink()
+    build_corpus(source_dir[0], out, BuildOptions(seed=3, per_axis=3, codec="tiny"))
+    assert {s.id: (out / s.codes).read_bytes() for s in read_manifest(out)} == first
+    assert sum(summary.segments.values()) == len(segments)
+
+
+def test_a_bad_codec_fails_before_any_work(source_dir, tmp_path):
+    from duplexgym.corpora.errors import SourceError
+
+    bad = tmp_path / "mimi.pt"
+    bad.write_bytes(b"not safetensors")
+    with pytest.raises(SourceError, match="mimi.pt"):
+        build_corpus(source_dir[0], tmp_path / "o", BuildOptions(codec=str(bad)))
+    assert not (tmp_path / "o" / "audio").exists()
