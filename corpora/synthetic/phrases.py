@@ -1,7 +1,7 @@
 """The phrase bank of the synthetic corpus.
 
-Every sentence is one clause with no commas or other internal punctuation: flite inserts long
-silences at punctuation and sentence breaks, and such a silence would be an unlabelled pause.
+Every sentence is one clause with no commas or other internal punctuation: flite may insert a
+pause at punctuation and sentence breaks, and a long one would be an unlabelled pause.
 ``tests/test_synthetic_corpus.py`` checks that no clip of any voice has an internal silence of
 :data:`MAX_INTERNAL_SILENCE_S` or more.
 """
@@ -83,9 +83,52 @@ SENTENCES: tuple[str, ...] = (
     "we are thinking about getting solar panels for the roof",
     "the train station was crowded with people going home for the holiday",
     "I have to pick up my nephew from soccer practice at five",
+    "I have been meaning to tell you about the strange noise coming from the basement every night",
+    "my uncle spent most of his life working on fishing boats in the cold northern sea",
+    "the little cafe next to the station serves the best hot chocolate in the whole town",
+    "I think we should leave early tomorrow because the roads will be very busy",
+    "she told me that the old theater downtown is going to reopen next spring",
+    "we drove for hours through the mountains without seeing a single other car on the road",
+    "my neighbor grows tomatoes and peppers and beans in a tiny garden behind his house",
+    "the teacher asked every student to bring an old photograph from their childhood",
+    "I keep meaning to sort out the boxes of old books that are sitting in the garage",
+    "the whole office went out for lunch together to celebrate the end of the project",
+    "that sounds great",
+    "I totally agree with you",
+    "we can talk about it later",
+    "that is a good point",
+    "let me think about it",
+    "I had no idea",
+    "it was a long day",
+    "I will send you the details tonight",
+    "that makes a lot of sense",
+    "I never thought about it that way",
+    "we should try that place sometime",
+    "I am not sure about that",
+    "the meeting ran late again today",
+    "my phone battery died this afternoon",
+    "we had pasta for dinner last night",
+    "the shop was closed when I got there",
+    "I saw a fox in the garden",
+    "the tea is still too hot to drink",
+    "my bike has a flat tire again",
+    "the kids loved the new playground",
+    "I think it might rain later",
+    "we finally fixed the leaking tap",
+    "the bus was almost empty this morning",
+    "I found a great recipe for soup",
+    "my sister called me from the airport",
+    "the cat slept on my keyboard all day",
+    "we missed the start of the film",
+    "the new bakery opened on monday",
+    "I forgot to water the plants",
+    "the park was full of families today",
+    "my boss liked the new design",
+    "we walked along the river after lunch",
 )
 
-#: Short listener responses (one or two words) said while the other speaker keeps talking.
+#: Short listener responses (one or two words) said while the other speaker keeps talking. The
+#: generator uses, per voice, only those whose clip lasts 0.3-0.75 s (``mhm`` is flite's "mm hmm").
 BACKCHANNELS: tuple[str, ...] = (
     "yeah",
     "okay",
@@ -93,12 +136,14 @@ BACKCHANNELS: tuple[str, ...] = (
     "uh huh",
     "I see",
     "sure",
-    "mm hmm",
+    "mhm",
     "oh wow",
     "true",
     "exactly",
     "got it",
     "oh really",
+    "yes",
+    "yep",
 )
 
 #: Barge-in openers: the interrupting speaker takes the floor with one of these.

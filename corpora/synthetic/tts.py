@@ -92,12 +92,13 @@ def _synthesize_cached(voice: str, text: str, flite: str) -> np.ndarray:
     return clip
 
 
-def frame_rms_db(audio: np.ndarray) -> np.ndarray:
-    """RMS of each full 10 ms frame in dB relative to the loudest frame (0 dB = loudest)."""
-    n = len(audio) // _FRAME
+def frame_rms_db(audio: np.ndarray, frame: int = _FRAME) -> np.ndarray:
+    """RMS of each full ``frame``-sample frame (default 10 ms at 16 kHz) in dB relative to the
+    loudest frame (0 dB = loudest)."""
+    n = len(audio) // frame
     if n == 0:
         return np.zeros(0)
-    frames = np.asarray(audio[: n * _FRAME], dtype=np.float64).reshape(n, _FRAME)
+    frames = np.asarray(audio[: n * frame], dtype=np.float64).reshape(n, frame)
     rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-12
     return 20.0 * np.log10(rms / rms.max())
 
@@ -114,7 +115,7 @@ def speech_bounds(audio: np.ndarray, threshold_db: float = TRIM_THRESHOLD_DB) ->
 def longest_internal_silence_s(clip: np.ndarray, threshold_db: float = TRIM_THRESHOLD_DB) -> float:
     """Longest run of non-speech frames inside a trimmed clip, in seconds.
 
-    Used to reject phrases where flite inserts a long pause (it does at commas and sentence
+    Used to reject phrases where flite inserts a long pause (it may at punctuation and sentence
     breaks): such a silence would be an unlabelled pause in the corpus.
     """
     quiet = frame_rms_db(clip) <= -threshold_db
