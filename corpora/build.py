@@ -40,7 +40,7 @@ from duplexgym.corpora.sources import FORMATS, DialogueSource
 from duplexgym.corpora.vad import VadParams, params_dict, speech_spans
 
 #: Bump when the layout or the meaning of the .work files changes.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 #: Dialogues are loaded and VAD-ed together in groups of at most this much audio (s), so the
 #: VAD batches are full and memory stays bounded (about 23 MB per minute of stereo audio).
 GROUP_AUDIO_S = 1200.0
@@ -257,7 +257,8 @@ def _detect_all(sources: list[DialogueSource], out: Path, options: BuildOptions,
         summary.audio_s += res["duration_s"]
         events = [event_from_dict(e) for e in res["events"]]
         events_lines.extend(json.dumps({"dialogue": src.id, **event_to_dict(e)}, sort_keys=True) for e in events)
-        candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments))
+        spans = {k: [tuple(x) for x in v] for k, v in res["spans"].items()}
+        candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments, spans))
     summary.audio_s = round(summary.audio_s, 3)
     fingerprints = {did: res["fingerprint"] for did, res in results.items()}
     return candidates, events_lines, loaders, fingerprints

@@ -20,6 +20,8 @@ dialogue, not of the segment; ``null`` where not applicable)::
     agent_prefix_s      list   interruption axis: [start, end] during which the agent is already
                                speaking (the reference track is forced as the agent's channel)
     reference_stop_s    float  interruption axis: when the interrupted human actually stopped
+    user_spans_s        list   [[start, end], ...] the user's speech (VAD) inside the segment, or null
+    reference_spans_s   list   the same for the human reference (null for fdb1)
     user_words          list   [{"text", "start_s", "end_s"}, ...] of the user inside the segment,
                                or null when no transcript is known
     texts               dict   interruption axis, when the source gives them (fdb1):
@@ -67,6 +69,8 @@ class Segment:
     interruption_end_s: float | None = None
     agent_prefix_s: tuple[float, float] | None = None
     reference_stop_s: float | None = None
+    user_spans_s: tuple[tuple[float, float], ...] | None = None
+    reference_spans_s: tuple[tuple[float, float], ...] | None = None
     user_words: tuple[dict, ...] | None = None
     texts: dict | None = None
     has_reference: bool = True
@@ -85,7 +89,7 @@ class Segment:
     def from_dict(cls, raw: dict) -> "Segment":
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in raw.items() if k in known}
-        for key in ("backchannels_s",):
+        for key in ("backchannels_s", "user_spans_s", "reference_spans_s"):
             if values.get(key) is not None:
                 values[key] = tuple(tuple(pair) for pair in values[key])
         if values.get("agent_prefix_s") is not None:

@@ -63,8 +63,13 @@ def cut_segments(
     events: list[Event],
     words: tuple[Word, ...] | None,
     params: SegmentParams = SegmentParams(),
+    spans: dict[str, list[tuple[float, float]]] | None = None,
 ) -> list[Segment]:
-    """Every candidate segment of one dialogue (all axes), in event order."""
+    """Every candidate segment of one dialogue (all axes), in event order.
+
+    ``spans``: each speaker's speech spans (dialogue seconds); clipped to each segment they
+    become its ``user_spans_s`` / ``reference_spans_s``.
+    """
     segments: list[Segment] = []
     for event in events:
         if isinstance(event, Pause):
@@ -91,7 +96,7 @@ def cut_segments(
         if seg is not None:
             segments.append(seg)
     segments.extend(_backchannel_segments(dialogue_id, duration_s, [e for e in events if isinstance(e, Backchannel)], params))
-    segments = [_with_words(s, words) for s in segments]
+    segments = [_with_spans(_with_words(s, words), spans) for s in segments]
     return sorted(segments, key=lambda s: (s.event_s, s.axis, s.user))
 
 
@@ -144,6 +149,18 @@ def _with_words(seg: Segment, words: tuple[Word, ...] | None) -> Segment:
         if w.speaker == seg.user and w.end_s > seg.start_s and w.start_s < seg.end_s
     )
     return Segment(**{**seg.__dict__, "user_words": inside})
+
+
+def _clip_spans(spans: list[tuple[float, float]], lo: float, hi: float) -> tuple[tuple[float, float], ...]:
+    return tuple((max(a, lo), min(b, hi)) for a, b in spans if b > lo and a < hi)
+
+
+def _with_spans(seg: Segment, spans: dict | None) -> Segment:
+    if spans is None:
+        return seg
+    return Segment(**{**seg.__dict__,
+                      "user_spans_s": _clip_spans(spans[seg.user], seg.start_s, seg.end_s),
+                      "reference_spans_s": _clip_spans(spans[seg.reference], seg.start_s, seg.end_s)})
 
 
 def select_segments(candidates: list[Segment], per_axis: int, seed: int) -> list[Segment]:

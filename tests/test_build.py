@@ -204,3 +204,14 @@ def test_a_bad_codec_fails_before_any_work(source_dir, tmp_path):
     with pytest.raises(SourceError, match="mimi.pt"):
         build_corpus(source_dir[0], tmp_path / "o", BuildOptions(codec=str(bad)))
     assert not (tmp_path / "o" / "audio").exists()
+
+
+def test_segments_carry_both_speakers_speech_spans(built, source_dir):
+    out, _ = built
+    _, truth = source_dir
+    seg = next(s for s in read_manifest(out) if s.axis == "pause" and s.dialogue == "call1")
+    assert all(seg.start_s <= a < b <= seg.end_s for a, b in seg.user_spans_s + seg.reference_spans_s)
+    # the user's speech stops at the pause and resumes at its end; the listener is silent there
+    assert any(abs(b - truth["pause"][0]) < 0.15 for _, b in seg.user_spans_s)
+    assert any(abs(a - truth["pause"][1]) < 0.15 for a, _ in seg.user_spans_s)
+    assert not any(a < truth["pause"][1] and b > truth["pause"][0] for a, b in seg.reference_spans_s)
