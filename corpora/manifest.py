@@ -13,7 +13,10 @@ dialogue, not of the segment; ``null`` where not applicable)::
     event_s             float  the axis' anchor: pause start | turn end | first backchannel onset
                                | interruption onset
     pause_end_s         float  pause axis: when the user resumes
-    response_s          float  turn axis: when the human reference took the floor
+    turn_end_s          float  pause axis: when the user's turn ends after the pause, if inside the
+                               segment (the agent should then take the floor)
+    response_s          float  turn axis (and pause axis with turn_end_s): when the human
+                               reference took the floor
     backchannels_s      list   backchannel axis: [[start, end], ...] of the reference's
                                backchannels inside the segment
     interruption_end_s  float  interruption axis: end of the user's interrupting turn
@@ -64,6 +67,7 @@ class Segment:
     n_frames: int
     event_s: float
     pause_end_s: float | None = None
+    turn_end_s: float | None = None
     response_s: float | None = None
     backchannels_s: tuple[tuple[float, float], ...] | None = None
     interruption_end_s: float | None = None

@@ -7,16 +7,22 @@ replayed to the agent; the *reference* is the other speaker, what a person actua
 =============  ==================  ========================  ==========================================
 axis           user                reference                 window
 =============  ==================  ========================  ==========================================
-pause          who pauses          the silent listener       context .. pause end + ``pause_after_s``
+pause          who pauses          the silent listener       context .. pause end + ``pause_after_s``,
+                                                             or, when the user's turn ends within
+                                                             ``pause_turn_end_max_s`` of resuming, ..
+                                                             turn end + ``turn_window_s``
 turn           who ends the turn   who takes the floor       context .. turn end + ``turn_window_s``
 backchannel    who holds the floor who backchannels          context .. last backchannel +
-                                                             ``backchannel_after_s`` (grouped)
+                                                             ``backchannel_after_s`` (grouped), ended
+                                                             before the listener speaks again
 interruption   who barges in       who is interrupted        up to ``interruption_prefix_max_s`` of the
                                                              interrupted turn .. interrupting turn end
                                                              + ``interruption_after_s``
 =============  ==================  ========================  ==========================================
 
-Bounds are snapped: ``start_s`` to a 10 ms grid (a whole number of 24 kHz samples), the length
+The context never reaches back before the start of the user's current turn (the floor change that
+gave the user the floor), so the human reference never holds the floor at the start of a pause,
+turn or backchannel segment. Bounds are snapped: ``start_s`` to a 10 ms grid (a whole number of 24 kHz samples), the length
 to whole 80 ms frames. Segments longer than ``max_segment_s`` are cut at the end.
 """
 
@@ -41,6 +47,7 @@ class SegmentParams:
 
     context_s: float = 4.0
     pause_after_s: float = 2.0
+    pause_turn_end_max_s: float = 6.0
     turn_window_s: float = 4.0
     backchannel_after_s: float = 2.0
     interruption_prefix_max_s: float = 4.0
@@ -71,13 +78,27 @@ def cut_segments(
     become its ``user_spans_s`` / ``reference_spans_s``.
     """
     segments: list[Segment] = []
+    onsets = {s: sorted(e.onset_s for e in events if isinstance(e, (TurnShift, Interruption))
+                        and (e.to_speaker if isinstance(e, TurnShift) else e.speaker) == s) for s in "AB"}
+
+    def context_start(user: str, t: float) -> float:
+        """``t - context_s``, but not before the user's current turn began."""
+        began = [o for o in onsets[user] if o <= t]
+        return max(t - params.context_s, began[-1]) if began else t - params.context_s
+
     for event in events:
         if isinstance(event, Pause):
-            seg = _window(dialogue_id, "pause", event.speaker, event.start_s - params.context_s,
-                          event.end_s + params.pause_after_s, event.start_s, duration_s, params,
-                          pause_end_s=event.end_s)
+            turn = next((e for e in events if isinstance(e, TurnShift) and e.from_speaker == event.speaker
+                         and event.end_s < e.end_s <= event.end_s + params.pause_turn_end_max_s), None)
+            end = event.end_s + params.pause_after_s if turn is None else turn.end_s + params.turn_window_s
+            seg = _window(dialogue_id, "pause", event.speaker, context_start(event.speaker, event.start_s),
+                          end, event.start_s, duration_s, params, pause_end_s=event.end_s,
+                          turn_end_s=None if turn is None else turn.end_s,
+                          response_s=None if turn is None else turn.onset_s)
+            if seg is not None and seg.turn_end_s is not None and seg.turn_end_s >= seg.end_s:
+                seg = Segment(**{**seg.__dict__, "turn_end_s": None, "response_s": None})
         elif isinstance(event, TurnShift):
-            seg = _window(dialogue_id, "turn", event.from_speaker, event.end_s - params.context_s,
+            seg = _window(dialogue_id, "turn", event.from_speaker, context_start(event.from_speaker, event.end_s),
                           event.end_s + params.turn_window_s, event.end_s, duration_s, params,
                           response_s=event.onset_s)
         elif isinstance(event, Interruption):
@@ -95,27 +116,33 @@ def cut_segments(
             continue
         if seg is not None:
             segments.append(seg)
-    segments.extend(_backchannel_segments(dialogue_id, duration_s, [e for e in events if isinstance(e, Backchannel)], params))
+    segments.extend(_backchannel_segments(dialogue_id, duration_s, [e for e in events if isinstance(e, Backchannel)],
+                                          params, onsets, context_start))
     segments = [_with_spans(_with_words(s, words), spans) for s in segments]
     return sorted(segments, key=lambda s: (s.event_s, s.axis, s.user))
 
 
-def _backchannel_segments(did: str, duration_s: float, bcs: list[Backchannel], params: SegmentParams) -> list[Segment]:
-    """Group each listener's backchannels into windows no longer than ``max_segment_s``."""
+def _backchannel_segments(did: str, duration_s: float, bcs: list[Backchannel], params: SegmentParams,
+                          listener_floor: dict[str, list[float]], context_start) -> list[Segment]:
+    """Group each listener's backchannels into windows no longer than ``max_segment_s``, each
+    ending before the listener next takes the floor (so the human reference only backchannels)."""
     segments = []
     for listener in sorted({b.speaker for b in bcs}):
         mine = sorted((b for b in bcs if b.speaker == listener), key=lambda b: b.start_s)
         group: list[Backchannel] = []
         for bc in mine + [None]:
             if bc is not None and group:
-                start = group[0].start_s - params.context_s
-                if bc.end_s + params.backchannel_after_s - max(0.0, start) <= params.max_segment_s:
+                start = context_start(group[0].holder, group[0].start_s)
+                floor_between = any(group[-1].end_s < t < bc.start_s for t in listener_floor[listener])
+                if not floor_between and bc.end_s + params.backchannel_after_s - max(0.0, start) <= params.max_segment_s:
                     group.append(bc)
                     continue
             if group:
                 first, last = group[0], group[-1]
-                seg = _window(did, "backchannel", first.holder, first.start_s - params.context_s,
-                              last.end_s + params.backchannel_after_s, first.start_s, duration_s, params,
+                end = last.end_s + params.backchannel_after_s
+                end = min([end] + [t for t in listener_floor[listener] if t > last.end_s])
+                seg = _window(did, "backchannel", first.holder, context_start(first.holder, first.start_s),
+                              end, first.start_s, duration_s, params,
                               backchannels_s=tuple((b.start_s, b.end_s) for b in group))
                 if seg is not None:
                     segments.append(seg)

@@ -215,3 +215,17 @@ def test_segments_carry_both_speakers_speech_spans(built, source_dir):
     assert any(abs(b - truth["pause"][0]) < 0.15 for _, b in seg.user_spans_s)
     assert any(abs(a - truth["pause"][1]) < 0.15 for a, _ in seg.user_spans_s)
     assert not any(a < truth["pause"][1] and b > truth["pause"][0] for a, b in seg.reference_spans_s)
+
+
+def test_pause_segments_run_to_the_turn_end_and_backchannel_segments_stop_before_the_listener_talks(built, source_dir):
+    out, _ = built
+    _, truth = source_dir
+    segments = read_manifest(out)
+    pause = next(s for s in segments if s.axis == "pause" and s.dialogue == "call1")
+    assert pause.turn_end_s == pytest.approx(truth["turn"][0], abs=0.15)
+    assert pause.response_s == pytest.approx(truth["turn"][1], abs=0.15)
+    assert pause.end_s > pause.response_s
+    for seg in (s for s in segments if s.axis == "backchannel"):
+        bcs = [a for a, _ in seg.backchannels_s]
+        # the reference speaks only in its backchannels inside a backchannel segment
+        assert all(any(abs(a - b) < 0.05 for b in bcs) for a, _ in seg.reference_spans_s), seg.id

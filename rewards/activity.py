@@ -1,0 +1,115 @@
+"""Reading the agent's voice activity from an episode record: pluggable.
+
+``vad`` (real models): silero VAD on the agent's 24 kHz audio, resampled to 16 kHz, with
+Full-Duplex-Bench's post-processing defaults (:class:`duplexgym.corpora.vad.VadParams`). In tokens
+mode the audio is decoded from the agent's Mimi codes with the codec the episode ran with.
+Words are unknown (no ASR here), so takeover rules fall back to durations (see :mod:`.fdb`).
+
+``text`` (tiny random models, whose audio is noise): Moshi's text stream. A frame whose text
+token is not padding (:data:`TEXT_PAD_IDS`) starts a word lasting ``word_s``; words closer than
+``merge_gap_s`` form one speech span. Each such token counts as one word.
+
+All times are episode seconds (0 = the segment start).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from duplexgym.corpora.dialogue import FRAME_S, SAMPLE_RATE
+from duplexgym.corpora.vad import VadParams
+from duplexgym.rewards.fdb import AgentSpeech
+from duplexgym.rewards.record import EpisodeRecord
+
+#: Moshi's padding text tokens: 0 = end of padding, 3 = padding.
+TEXT_PAD_IDS = (0, 3)
+READERS = ("vad", "text")
+
+
+@dataclass(frozen=True)
+class ActivityParams:
+    """How the agent's speech is read. ``reader``: ``"vad"`` or ``"text"``; the rest per reader."""
+
+    reader: str = "vad"
+    word_s: float = 0.24
+    merge_gap_s: float = 0.1
+    vad: VadParams = field(default_factory=VadParams)
+
+    def __post_init__(self):
+        if self.reader not in READERS:
+            raise ValueError(f"activity reader must be one of {READERS}, got {self.reader!r}")
+        if self.word_s <= 0 or self.merge_gap_s < 0:
+            raise ValueError("ActivityParams.word_s must be > 0 and merge_gap_s >= 0")
+
+
+def speech_from_text(tokens: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:
+    """Speech from a text-token stream ``[F]`` (one token per 80 ms frame)."""
+    tokens = np.asarray(tokens)
+    frames = np.flatnonzero(~np.isin(tokens, TEXT_PAD_IDS))
+    words = tuple((f * FRAME_S, f * FRAME_S + params.word_s, str(int(tokens[f]))) for f in frames)
+    spans: list[list[float]] = []
+    for start, end, _ in words:
+        if spans and start - spans[-1][1] <= params.merge_gap_s:
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return AgentSpeech(spans_s=tuple((a, b) for a, b in spans), words=words)
+
+
+def speech_from_audio(audio: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:
+    """Speech from float32 ``[N]`` 24 kHz audio with silero VAD; words unknown."""
+    from duplexgym.corpora.vad import speech_spans
+
+    spans = speech_spans([np.asarray(audio, dtype=np.float32)], params.vad)[0]
+    return AgentSpeech(spans_s=tuple(spans), words=None)
+
+
+def agent_audio(record: EpisodeRecord) -> np.ndarray:
+    """The agent's 24 kHz audio ``[F*1920]``: as recorded, or decoded from its Mimi codes."""
+    if record.audio is not None:
+        return record.audio
+    spec = record.env.get("codec")
+    if not spec:
+        raise ValueError(
+            f"episode {record.segment.id}: tokens-mode record without a codec; the vad reader "
+            "needs audio (use the text reader, or give the env a codec)"
+        )
+    from duplexgym.corpora.codec import decode
+
+    return decode(_mimi(spec), record.audio_codes.astype(np.int64))
+
+
+@functools.lru_cache(maxsize=2)
+def _mimi(spec: str):
+    from duplexgym.corpora.codec import load_mimi
+
+    return load_mimi(spec)
+
+
+def agent_speech(record: EpisodeRecord, params: ActivityParams = ActivityParams()) -> AgentSpeech:
+    """The agent's speech in ``record``, read as ``params.reader`` says."""
+    if params.reader == "text":
+        if record.text_tokens is None:
+            raise ValueError(
+                f"episode {record.segment.id}: the text reader needs text tokens, but the agent acted "
+                "with waveforms; use the vad reader"
+            )
+        return speech_from_text(record.text_tokens, params)
+    return speech_from_audio(agent_audio(record), params)
+
+
+def frames_speaking(speech: AgentSpeech, n_frames: int) -> np.ndarray:
+    """bool ``[n_frames]``: frames overlapping agent speech."""
+    out = np.zeros(n_frames, dtype=bool)
+    for start, end in speech.spans_s:
+        lo = max(0, int(np.floor(start / FRAME_S)))
+        hi = min(n_frames, int(np.ceil(end / FRAME_S)))
+        out[lo:hi] = True
+    return out
+
+
+__all__ = ["ActivityParams", "TEXT_PAD_IDS", "agent_speech", "agent_audio", "speech_from_text",
+           "speech_from_audio", "frames_speaking", "SAMPLE_RATE"]

@@ -1,0 +1,120 @@
+"""The episode record: everything a reward needs, saved as ``NAME.npz`` + ``NAME.json``.
+
+Rewards are pure functions of a record, which makes ablations (``duplexgym rescore``) and replay
+(``duplexgym replay --check``) cheap. Arrays (``.npz``):
+
+    text_tokens   int32 [F]         tokens mode: the agent's text token per frame (forced frames
+                                    hold what was forced)
+    audio_codes   int16 [8, F]      tokens mode: the agent's 8 Mimi codebooks per frame
+    audio         float32 [F*1920]  waveform mode: the agent's 24 kHz audio
+    rewards       float64 [F]       the reward returned at each step (dense terms + the episode
+                                    reward at the last step)
+
+Metadata (``.json``): the segment (manifest line), the seed, the env configuration (id, corpus,
+modes, codec spec and id, reward spec), ``forced_frames``, ``agent_text``, the SHA-256 of the
+observation stream, and the final ``reward_terms``. ``F`` = ``segment.n_frames``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from duplexgym.corpora.manifest import Segment
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One finished (or, for scoring, complete) episode. See the module docstring."""
+
+    segment: Segment
+    seed: int | None
+    env: dict
+    forced_frames: int = 0
+    text_tokens: np.ndarray | None = None
+    audio_codes: np.ndarray | None = None
+    audio: np.ndarray | None = None
+    agent_text: str | None = None
+    obs_sha256: str = ""
+    rewards: np.ndarray | None = None
+    reward_terms: dict = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        return self.segment.n_frames
+
+    @property
+    def action_mode(self) -> str:
+        return "tokens" if self.text_tokens is not None else "waveform"
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path.npz`` and ``path.json`` (atomically); returns the ``.json`` path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {k: getattr(self, k) for k in ("text_tokens", "audio_codes", "audio", "rewards")
+                  if getattr(self, k) is not None}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path.with_suffix(".npz"))
+        meta = {
+            "version": RECORD_VERSION,
+            "segment": json.loads(self.segment.to_json()),
+            "seed": self.seed,
+            "env": self.env,
+            "forced_frames": self.forced_frames,
+            "agent_text": self.agent_text,
+            "obs_sha256": self.obs_sha256,
+            "reward_terms": self.reward_terms,
+        }
+        jtmp = path.with_name(f".{path.name}.{os.getpid()}.json")
+        jtmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=_json_default), encoding="utf-8")
+        os.replace(jtmp, path.with_suffix(".json"))
+        return path.with_suffix(".json")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EpisodeRecord":
+        """Read a record from ``path`` (``.json``, ``.npz`` or the common stem)."""
+        path = Path(path)
+        stem = path.with_suffix("") if path.suffix in (".json", ".npz") else path
+        jpath, npath = stem.with_suffix(".json"), stem.with_suffix(".npz")
+        try:
+            meta = json.loads(jpath.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{jpath}: not a readable episode record ({exc})") from None
+        if meta.get("version") != RECORD_VERSION:
+            raise ValueError(f"{jpath}: episode record version {meta.get('version')!r}, expected {RECORD_VERSION}")
+        try:
+            with np.load(npath) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{npath}: not a readable episode record ({exc})") from None
+        return cls(
+            segment=Segment.from_dict(meta["segment"]),
+            seed=meta["seed"],
+            env=meta["env"],
+            forced_frames=meta["forced_frames"],
+            text_tokens=arrays.get("text_tokens"),
+            audio_codes=arrays.get("audio_codes"),
+            audio=arrays.get("audio"),
+            agent_text=meta.get("agent_text"),
+            obs_sha256=meta.get("obs_sha256", ""),
+            rewards=arrays.get("rewards"),
+            reward_terms=meta.get("reward_terms", {}),
+        )
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
