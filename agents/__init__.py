@@ -1,1 +1,1 @@
-"""duplexgym.agents (see DESIGN.md); filled by later issues."""
+"""duplexgym.agents: policies that act inside the envs (baselines now; Moshi and training next)."""

@@ -158,6 +158,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
         "format": fmt,
         "options": _options_json(options),
         "codec": None if mimi is None else _codec_id(mimi),
+        "silence_codes": None if mimi is None else _silence_codes(mimi),
         "summary": {k: v for k, v in summary.to_json().items() if k not in ("seconds", "reused_dialogues")},
     }
     _write_text(out / "corpus.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
@@ -374,6 +375,13 @@ def _load_codec(spec: str | None):
         raise
     except (OSError, ValueError) as exc:
         raise SourceError(f"--codec {spec}: {exc}") from None
+
+
+def _silence_codes(mimi) -> list[int]:
+    """The codec's 8 codes of a silent frame (steady state, after 4 silent frames)."""
+    from duplexgym.corpora.codec import encode
+
+    return [int(c) for c in encode(mimi, np.zeros(4 * FRAME_SAMPLES, dtype=np.float32))[:, -1]]
 
 
 def _codec_id(mimi) -> str:

@@ -37,6 +37,8 @@ from duplexgym.corpora.events import Backchannel, Event, Interruption, Pause, Tu
 from duplexgym.corpora.manifest import Segment
 
 AXIS_OF_EVENT = {"pause": "pause", "turn": "turn", "backchannel": "backchannel", "interruption": "interruption"}
+#: Reference spans at least this long (s) hold the floor; a segment's context starts after them.
+BACKCHANNEL_MAX_S = 1.0
 #: Start times are snapped down to this grid (s): 240 samples at 24 kHz.
 START_GRID_S = 0.01
 
@@ -82,9 +84,17 @@ def cut_segments(
                         and (e.to_speaker if isinstance(e, TurnShift) else e.speaker) == s) for s in "AB"}
 
     def context_start(user: str, t: float) -> float:
-        """``t - context_s``, but not before the user's current turn began."""
+        """``t - context_s``, but not before the user's current turn began (the last floor change
+        to the user, or the end of the reference's last span longer than a backchannel)."""
+        start = t - params.context_s
         began = [o for o in onsets[user] if o <= t]
-        return max(t - params.context_s, began[-1]) if began else t - params.context_s
+        if began:
+            start = max(start, began[-1])
+        if spans is not None:
+            ref_floor = [b for a, b in spans[other_speaker(user)] if b - a >= BACKCHANNEL_MAX_S and b <= t]
+            if ref_floor:
+                start = max(start, ref_floor[-1])
+        return start
 
     for event in events:
         if isinstance(event, Pause):

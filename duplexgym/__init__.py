@@ -13,3 +13,7 @@ __version__ = "0.1.0"
 
 #: The four interactivity axes, in the order used everywhere (CLI, manifests, tables).
 AXES = ("pause", "turn", "backchannel", "interruption")
+
+from duplexgym.envs import register_envs  # noqa: E402
+
+register_envs()

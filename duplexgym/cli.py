@@ -39,6 +39,54 @@ def _corpus_stats(args) -> int:
     return 0
 
 
+def _rollout(args) -> int:
+    from duplexgym.agents.rollout import rollout
+
+    kwargs = {}
+    for key in ("obs_mode", "action_mode", "rewards"):
+        if getattr(args, key) is not None:
+            kwargs[key] = getattr(args, key)
+    summary = rollout(args.env, args.corpus, args.agent, args.episodes, args.seed, args.out, kwargs,
+                      progress=not args.quiet)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _print_summary(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, sort_keys=True))
+        return
+    head = f"{summary['episodes']} episodes, reward {summary['reward_mean']:.3f} +- {summary['reward_std']:.3f}"
+    if summary.get("failed"):
+        head += f" ({summary['failed']} with failed terms)"
+    print(head)
+    for axis, entry in summary["by_axis"].items():
+        extra = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k.startswith("fdb_"))
+        print(f"  {axis:<13}{entry['episodes']:>5} episodes  reward {entry['reward_mean']:+.3f}  {extra}")
+
+
+def _rescore(args) -> int:
+    from duplexgym.agents.replay import rescore
+
+    summary, _ = rescore(args.episodes, args.rewards)
+    summary["out"] = str(args.episodes)
+    _print_summary(summary, args.json)
+    return 0
+
+
+def _replay(args) -> int:
+    from duplexgym.agents.replay import replay_check
+
+    result = replay_check(args.episode)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(("OK" if result["ok"] else "MISMATCH") + f": {result['episode']} ({result['steps']} steps)")
+        for m in result["mismatches"]:
+            print(f"  {m}")
+    return 0 if result["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplexgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,7 +109,39 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("dir", help="a built corpus folder")
     stats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     stats.set_defaults(func=_corpus_stats)
+
+    roll = sub.add_parser("rollout", help="run an agent in an env and save the episode records")
+    roll.add_argument("--env", required=True, help="e.g. duplexgym/TurnTaking-v0")
+    roll.add_argument("--corpus", required=True)
+    roll.add_argument("--agent", required=True, help="silent | talk | oracle")
+    roll.add_argument("--episodes", type=int, required=True)
+    roll.add_argument("--seed", type=int, default=0)
+    roll.add_argument("--out", required=True)
+    roll.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None)
+    roll.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None)
+    roll.add_argument("--rewards", default=None, help="reward spec YAML")
+    roll.add_argument("--json", action="store_true")
+    roll.add_argument("--quiet", action="store_true")
+    roll.set_defaults(func=_rollout)
+
+    res = sub.add_parser("rescore", help="recompute rewards of saved episodes under a reward spec")
+    res.add_argument("episodes", help="a folder of episode records (or one record)")
+    res.add_argument("--rewards", required=True, help="reward spec YAML")
+    res.add_argument("--json", action="store_true")
+    res.set_defaults(func=_rescore)
+
+    rep = sub.add_parser("replay", help="replay an episode record and check it bit for bit")
+    rep.add_argument("episode", help="an episode record (.json/.npz)")
+    rep.add_argument("--check", action="store_true", help="compare observations and rewards (the default)")
+    rep.add_argument("--json", action="store_true")
+    rep.set_defaults(func=_replay)
     return parser
+
+
+def gym_errors():
+    from gymnasium import error
+
+    return error.Error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except CorpusError as exc:
+    except (CorpusError, ValueError, FileNotFoundError, gym_errors()) as exc:
         print(f"duplexgym: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -6,8 +6,9 @@ mode the audio is decoded from the agent's Mimi codes with the codec the episode
 Words are unknown (no ASR here), so takeover rules fall back to durations (see :mod:`.fdb`).
 
 ``text`` (tiny random models, whose audio is noise): Moshi's text stream. A frame whose text
-token is not padding (:data:`TEXT_PAD_IDS`) starts a word lasting ``word_s``; words closer than
-``merge_gap_s`` form one speech span. Each such token counts as one word.
+token is not padding (:data:`TEXT_PAD_IDS`) starts a word lasting ``word_s`` (default 0.4 s: 2.5
+words/s, a conversational speaking rate); words closer than ``merge_gap_s`` form one speech span.
+Each such token counts as one word.
 
 All times are episode seconds (0 = the segment start).
 """
@@ -34,7 +35,7 @@ class ActivityParams:
     """How the agent's speech is read. ``reader``: ``"vad"`` or ``"text"``; the rest per reader."""
 
     reader: str = "vad"
-    word_s: float = 0.24
+    word_s: float = 0.4
     merge_gap_s: float = 0.1
     vad: VadParams = field(default_factory=VadParams)
 
@@ -57,6 +58,19 @@ def speech_from_text(tokens: np.ndarray, params: ActivityParams = ActivityParams
         else:
             spans.append([start, end])
     return AgentSpeech(spans_s=tuple((a, b) for a, b in spans), words=words)
+
+
+def text_stream(spans_s, n_frames: int, token: int, params: ActivityParams = ActivityParams(),
+                pad: int = TEXT_PAD_IDS[1]) -> np.ndarray:
+    """The inverse of :func:`speech_from_text`: an int32 ``[n_frames]`` text stream with one
+    ``token`` per ``word_s`` of each speech span (episode seconds) and padding elsewhere, which the
+    text reader reads back as those spans. Baselines and forced prefixes use it."""
+    stream = np.full(n_frames, pad, dtype=np.int32)
+    step = max(1, int(round(params.word_s / FRAME_S)))
+    for a, b in spans_s:
+        lo, hi = max(0, int(np.floor(a / FRAME_S + 1e-9))), min(n_frames, int(np.ceil(b / FRAME_S - 1e-9)))
+        stream[lo:hi:step] = token
+    return stream
 
 
 def speech_from_audio(audio: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:

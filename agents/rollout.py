@@ -1,0 +1,79 @@
+"""Running an agent over episodes: ``duplexgym rollout`` (and later ``eval``).
+
+Each finished episode's record is saved under ``out/episodes/`` as ``{index:05d}-{segment}``
+(``.npz`` + ``.json``), and ``out/rollout.json`` holds the summary the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from duplexgym import AXES
+
+
+def summarize(per_episode: list[dict]) -> dict:
+    """``{"episodes", "reward_mean", "reward_std", "failed", "by_axis": {axis: {"episodes",
+    "reward_mean", <metric means>}}}`` from ``reward_terms`` dicts."""
+    rewards = np.array([e["reward"] for e in per_episode], dtype=np.float64)
+    out = {
+        "episodes": len(per_episode),
+        "reward_mean": float(rewards.mean()) if len(rewards) else None,
+        "reward_std": float(rewards.std()) if len(rewards) else None,
+        "failed": sum(1 for e in per_episode if e.get("failed")),
+        "by_axis": {},
+    }
+    for axis in AXES:
+        mine = [e for e in per_episode if e["axis"] == axis]
+        if not mine:
+            continue
+        entry = {"episodes": len(mine), "reward_mean": float(np.mean([e["reward"] for e in mine]))}
+        metrics: dict[str, list] = {}
+        for e in mine:
+            for term in e["terms"].values():
+                for key, value in term["metrics"].items():
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        metrics.setdefault(key, []).append(value)
+        for key, values in sorted(metrics.items()):
+            entry[key] = float(np.mean(values))
+        out["by_axis"][axis] = entry
+    return out
+
+
+def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int, out: str | Path,
+            env_kwargs: dict | None = None, progress: bool = True) -> dict:
+    """Run ``episodes`` episodes of ``agent_name`` in ``env_id``; the first reset is seeded with
+    ``seed`` and later ones continue the env's random stream, so the run is reproducible."""
+    from duplexgym.agents.baselines import make_agent
+
+    out = Path(out)
+    episodes_dir = out / "episodes"
+    env = gym.make(env_id, corpus=corpus, **(env_kwargs or {}))
+    agent = make_agent(agent_name, env)
+    results = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=episodes, desc="rollout", file=sys.stderr, leave=False)
+    for i in range(episodes):
+        obs, info = env.reset(seed=seed if i == 0 else None)
+        agent.reset(info)
+        done = False
+        while not done:
+            obs, _, done, _, info = env.step(agent.act(obs))
+        record = env.unwrapped.episode_record()
+        record = type(record)(**{**record.__dict__, "seed": seed, "env": {**record.env, "episode_index": i}})
+        record.save(episodes_dir / f"{i:05d}-{record.segment.id}")
+        results.append(info["reward_terms"])
+        if bar:
+            bar.update()
+    if bar:
+        bar.close()
+    summary = {**summarize(results), "agent": agent_name, "env": env_id, "seed": seed, "out": str(out)}
+    (out / "rollout.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return summary

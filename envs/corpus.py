@@ -1,0 +1,93 @@
+"""A built corpus opened for replay: its segments, and their audio and codes on demand.
+
+Arrays are read once per segment and kept (``cache_segments`` most recently used), so resets
+after the first cost no file I/O. Shapes: audio float32 ``[2, n_frames * 1920]`` (row 0 user,
+row 1 human reference, 24 kHz); codes int16 ``[2, 8, n_frames]``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from duplexgym.corpora.build import load_corpus_info
+from duplexgym.corpora.errors import SourceError
+from duplexgym.corpora.manifest import Segment, read_manifest
+
+
+class ReplayCorpus:
+    """Read access to a corpus folder (see ``duplexgym.corpora.build`` for the layout)."""
+
+    def __init__(self, path: str | Path, cache_segments: int = 512):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SourceError(f"{self.path}: corpus folder not found; build one with `duplexgym corpus build`")
+        self.info = load_corpus_info(self.path)
+        self.segments = read_manifest(self.path)
+        if not self.segments:
+            raise SourceError(f"{self.path}: the manifest holds no segments")
+        self.by_id = {s.id: s for s in self.segments}
+        self.codec_id: str | None = self.info.get("codec")
+        self.codec_spec: str | None = (self.info.get("options") or {}).get("codec")
+        self.has_codes = all(s.codes for s in self.segments)
+        self._cache: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._cache_size = cache_segments
+
+    def select(self, axes, ids=None) -> list[Segment]:
+        """Segments of the given axes (and ids, when given), in manifest order."""
+        chosen = [s for s in self.segments if s.axis in axes]
+        if ids is not None:
+            missing = [i for i in ids if i not in self.by_id]
+            if missing:
+                raise SourceError(f"{self.path}: no segment {missing[0]!r} in the manifest")
+            wanted = set(ids)
+            chosen = [s for s in chosen if s.id in wanted]
+        return chosen
+
+    def audio(self, segment: Segment) -> np.ndarray:
+        """float32 ``[2, n_frames*1920]``: user, human reference."""
+        return self._cached("audio", segment, self._read_audio)
+
+    def codes(self, segment: Segment) -> np.ndarray:
+        """int16 ``[2, 8, n_frames]``: user codes, reference codes."""
+        if not segment.codes:
+            raise SourceError(f"{self.path}: segment {segment.id} has no Mimi codes; rebuild the corpus with --codec")
+        return self._cached("codes", segment, self._read_codes)
+
+    def _cached(self, kind: str, segment: Segment, read) -> np.ndarray:
+        key = (kind, segment.id)
+        value = self._cache.get(key)
+        if value is None:
+            value = read(segment)
+            value.setflags(write=False)
+            self._cache[key] = value
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return value
+
+    def _read_audio(self, segment: Segment) -> np.ndarray:
+        path = self.path / segment.audio
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise SourceError(f"{path}: cannot read segment audio ({exc})") from None
+        expected = segment.n_frames * 1920
+        if rate != 24_000 or data.shape != (expected, 2):
+            raise SourceError(f"{path}: expected 2 x {expected} samples at 24000 Hz, got {data.shape} at {rate} Hz")
+        return np.ascontiguousarray(data.T)
+
+    def _read_codes(self, segment: Segment) -> np.ndarray:
+        path = self.path / segment.codes
+        try:
+            with np.load(path) as z:
+                codes = np.stack([z["user"], z["reference"]]).astype(np.int16)
+        except (OSError, KeyError, ValueError) as exc:
+            raise SourceError(f"{path}: cannot read segment codes ({exc})") from None
+        if codes.shape != (2, 8, segment.n_frames):
+            raise SourceError(f"{path}: expected codes of shape (2, 8, {segment.n_frames}), got {codes.shape}")
+        return codes

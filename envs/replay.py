@@ -1,0 +1,349 @@
+"""The replay environment: one segment of real conversation per episode, one 80 ms frame per step."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from duplexgym import AXES
+from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES
+from duplexgym.corpora.manifest import Segment
+from duplexgym.envs.corpus import ReplayCorpus
+from duplexgym.rewards.activity import text_stream
+from duplexgym.rewards.dense import SPEAKING_RMS, penalties
+from duplexgym.rewards.record import EpisodeRecord
+from duplexgym.rewards.scoring import score_episode
+from duplexgym.rewards.spec import RewardSpec, load_spec
+
+#: Moshi's text vocabulary size (``text_card``) and audio codebook size.
+TEXT_CARD = 32_000
+AUDIO_CARD = 2_048
+N_CODEBOOKS = 8
+#: Text padding token of Moshi, used for silent forced frames.
+TEXT_PAD = 3
+#: Text token put on forced frames where the human reference speaks (one per word length, see
+#: ``rewards.activity.text_stream``), so the text stream marks the forced speech (the reference
+#: transcript is not tokenized here).
+FORCED_SPEECH_TOKEN = 4
+OBS_MODES = ("codes", "waveform")
+ACTION_MODES = ("tokens", "waveform")
+
+
+class ResetNeeded(RuntimeError):
+    """``step()`` was called before ``reset()`` or after the episode ended."""
+
+
+class DuplexReplayEnv(gym.Env):
+    """Replays one segment of a real two-party conversation to a full-duplex agent.
+
+    ## Description
+    Each episode is one segment of a corpus built by ``duplexgym corpus build``: a stretch of real
+    conversation around one event of an interactivity axis (``pause``, ``turn``, ``backchannel``,
+    ``interruption``). One speaker of the recording plays the *user*: the agent hears the user's
+    track one 80 ms frame (1920 samples at 24 kHz) per step and answers with its own frame, at the
+    same time, as a full-duplex model does. What the other speaker of the recording did there is
+    the *human reference* (``oracle`` agent).
+
+    ## Action Space
+    ``action_mode="tokens"``: ``MultiDiscrete([text_card] + [2048] * 8)``, Moshi's text token and
+    its 8 Mimi codebooks for this frame. ``action_mode="waveform"``: ``Box(-1, 1, (1920,), float32)``.
+    Step ``t``'s action is the agent's output for frame ``t``.
+
+    ## Observation Space
+    ``obs_mode="codes"``: ``MultiDiscrete([2048] * 8)``, the user's Mimi codes of the next frame,
+    read from the corpus' code cache (no codec work at step time). ``obs_mode="waveform"``:
+    ``Box(-1, 1, (1920,), float32)``. ``reset()`` returns user frame 0, ``step(t)`` user frame
+    ``t + 1`` (zeros after the last frame).
+
+    ## Rewards
+    At the last step: the episode reward of the axis (``duplexgym.rewards``: pause, turn,
+    backchannel or interruption term in [-1, 1], each with the Full-Duplex-Bench v1 metrics) times
+    its weight, plus any other weighted term of the reward spec. With ``dense.weight > 0`` in the
+    spec every step also pays a shaping reward (total in [-weight, 0]). ``info["reward_terms"]`` at
+    the last step holds every term, its metrics, and the terms that failed (never scored as 0).
+
+    ## Starting State
+    A segment drawn with ``self.np_random`` (axis by ``axis_weights``, then uniformly), or the one
+    named by ``reset(options={"segment": id})``. Interruption episodes start with the agent already
+    speaking: for the first ``info["forced_frames"]`` frames the env plays the human reference as
+    the agent's output whatever the action, gives those frames in ``info["forced_action"]`` (shape
+    ``[k, 9]`` tokens or ``[k, 1920]`` waveform) so a model can be teacher-forced, and marks those
+    steps ``info["forced"] = True`` so trainers leave them out of the loss.
+
+    ## Episode End
+    Terminates after the segment's last frame (``info["n_frames"]`` steps). Never truncates.
+    Stepping again raises :class:`ResetNeeded`.
+
+    ## Arguments
+    - ``corpus``: a corpus folder (``duplexgym corpus build ... --out DIR``).
+    - ``axes``: the axes to sample (each registered id fixes one; ``Interactivity-v0`` all four).
+    - ``axis_weights``: ``{axis: weight}`` mixing the axes (default: uniform over ``axes``).
+    - ``obs_mode``, ``action_mode``: see above. ``codes`` and ``tokens`` need a corpus built with
+      ``--codec``.
+    - ``rewards``: a reward spec (YAML path, dict or ``RewardSpec``); default: every axis term with
+      weight 1, read from Moshi's text stream in tokens mode and with silero VAD in waveform mode.
+    - ``codec``: the Mimi used to decode token actions when a reward reads audio (default: the
+      corpus' codec).
+    - ``text_card``: Moshi's text vocabulary size.
+    - ``segments``: restrict to these segment ids.
+    - ``record_dir``: save each finished episode's record there (``.npz`` + ``.json``).
+
+    ## Example
+    >>> import gymnasium as gym, duplexgym
+    >>> env = gym.make("duplexgym/TurnTaking-v0", corpus="runs/default-corpus")  # doctest: +SKIP
+    >>> obs, info = env.reset(seed=0)                                               # doctest: +SKIP
+    >>> done = False
+    >>> while not done:                                                             # doctest: +SKIP
+    ...     obs, reward, done, _, info = env.step(env.action_space.sample())
+    >>> info["reward_terms"]["terms"]["turn"]["metrics"]["fdb_tor"]                 # doctest: +SKIP
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, corpus: str | Path, axes=AXES, axis_weights: dict | None = None, obs_mode: str = "codes",
+                 action_mode: str = "tokens", rewards=None, codec: str | None = None, text_card: int = TEXT_CARD,
+                 segments=None, record_dir: str | Path | None = None, env_id: str | None = None):
+        super().__init__()
+        if obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+        if action_mode not in ACTION_MODES:
+            raise ValueError(f"action_mode must be one of {ACTION_MODES}, got {action_mode!r}")
+        axes = (axes,) if isinstance(axes, str) else tuple(axes)
+        unknown = [a for a in axes if a not in AXES]
+        if unknown or not axes:
+            raise ValueError(f"axes must be among {AXES}, got {axes!r}")
+        if int(text_card) < 5:
+            raise ValueError(f"text_card must be at least 5, got {text_card}")
+        self.corpus = corpus if isinstance(corpus, ReplayCorpus) else ReplayCorpus(corpus)
+        self.obs_mode, self.action_mode, self.text_card = obs_mode, action_mode, int(text_card)
+        if (obs_mode == "codes" or action_mode == "tokens") and not self.corpus.has_codes:
+            raise ValueError(
+                f"{self.corpus.path}: obs_mode='codes' and action_mode='tokens' need Mimi codes, but the corpus "
+                "was built without --codec; rebuild it with `--codec tiny` (or a Mimi checkpoint), or use "
+                "obs_mode='waveform', action_mode='waveform'"
+            )
+        default_reader = "text" if action_mode == "tokens" else "vad"
+        self.reward_spec: RewardSpec = load_spec(rewards) if rewards is not None else load_spec({"activity": {"reader": default_reader}})
+        if self.reward_spec.activity.reader == "text" and action_mode == "waveform":
+            raise ValueError("the reward spec reads the text stream (activity.reader: text), but action_mode='waveform' has none")
+        self.codec = codec if codec is not None else self.corpus.codec_spec
+        if action_mode == "tokens" and self.reward_spec.activity.reader == "vad" and not self.codec:
+            raise ValueError("a vad reward reader in tokens mode needs a codec to decode the agent's tokens; pass codec=")
+        self.env_id = env_id
+        self.record_dir = None if record_dir is None else Path(record_dir)
+
+        by_axis = {a: self.corpus.select((a,), segments) for a in axes}
+        self._by_axis = {a: s for a, s in by_axis.items() if s}
+        if not self._by_axis:
+            raise ValueError(f"{self.corpus.path}: no segments of axes {axes}" + (" among the given ids" if segments else ""))
+        weights = axis_weights or {a: 1.0 for a in self._by_axis}
+        bad = [a for a in weights if a not in axes]
+        if bad:
+            raise ValueError(f"axis_weights names {bad[0]!r}, which is not among the env's axes {axes}")
+        self._axes = [a for a in axes if a in self._by_axis and weights.get(a, 0.0) > 0]
+        if not self._axes:
+            raise ValueError("axis_weights leave no axis with segments and a positive weight")
+        p = np.array([float(weights[a]) for a in self._axes])
+        if not np.all(np.isfinite(p)) or (p < 0).any():
+            raise ValueError(f"axis_weights must be finite and >= 0, got {weights}")
+        self._axis_p = p / p.sum()
+
+        if obs_mode == "codes":
+            self.observation_space = spaces.MultiDiscrete([AUDIO_CARD] * N_CODEBOOKS, dtype=np.int64)
+        else:
+            self.observation_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
+        if action_mode == "tokens":
+            self.action_space = spaces.MultiDiscrete([self.text_card] + [AUDIO_CARD] * N_CODEBOOKS, dtype=np.int64)
+            self._high = np.array([self.text_card - 1] + [AUDIO_CARD - 1] * N_CODEBOOKS, dtype=np.int64)
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
+        self._t = -1
+        self._n = 0
+        self._segment: Segment | None = None
+
+    # -- episode set-up ---------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self._seed = seed
+        options = options or {}
+        unknown = set(options) - {"segment"}
+        if unknown:
+            raise ValueError(f"reset options: unknown key {sorted(unknown)[0]!r}; known: 'segment'")
+        if options.get("segment") is not None:
+            seg = self.corpus.by_id.get(options["segment"])
+            if seg is None or seg.axis not in self._by_axis:
+                raise ValueError(f"reset options: no segment {options['segment']!r} of axes {tuple(self._by_axis)} in {self.corpus.path}")
+        else:
+            axis = self._axes[int(self.np_random.choice(len(self._axes), p=self._axis_p))]
+            pool = self._by_axis[axis]
+            seg = pool[int(self.np_random.integers(len(pool)))]
+        self._begin(seg)
+        return self._obs[0].copy(), self._reset_info()
+
+    def _begin(self, seg: Segment) -> None:
+        n = seg.n_frames
+        self._segment, self._n, self._t = seg, n, 0
+        if self.obs_mode == "codes":
+            user = self.corpus.codes(seg)[0].T.astype(np.int64)  # [F, 8]
+            self._obs = np.concatenate([user, np.zeros((1, N_CODEBOOKS), np.int64)])
+        else:
+            user = self.corpus.audio(seg)[0].reshape(n, FRAME_SAMPLES)
+            self._obs = np.concatenate([user, np.zeros((1, FRAME_SAMPLES), np.float32)])
+        self._obs.setflags(write=False)
+        self._obs_sha256 = hashlib.sha256(self._obs.tobytes()).hexdigest()
+        self._k = self._forced_frames(seg)
+        self._forced = self._forced_actions(seg, self._k)
+        if self.action_mode == "tokens":
+            self._text = np.full(n, TEXT_PAD, dtype=np.int32)
+            self._codes = np.zeros((n, N_CODEBOOKS), dtype=np.int16)
+        else:
+            self._wave = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
+        self._pen_speak, self._pen_silent = penalties(seg, self.reward_spec, self._k)
+        self._dense_on = self.reward_spec.dense_weight != 0.0
+        self._rewards = np.zeros(n, dtype=np.float64)
+        self._record: EpisodeRecord | None = None
+
+    @staticmethod
+    def _forced_frames(seg: Segment) -> int:
+        if seg.axis != "interruption" or not seg.agent_prefix_s:
+            return 0
+        return min(seg.n_frames, int(round((seg.agent_prefix_s[1] - seg.start_s) / FRAME_S)))
+
+    def _forced_actions(self, seg: Segment, k: int) -> np.ndarray:
+        if self.action_mode == "waveform":
+            return self.corpus.audio(seg)[1, : k * FRAME_SAMPLES].reshape(k, FRAME_SAMPLES)
+        forced = np.empty((k, 1 + N_CODEBOOKS), dtype=np.int64)
+        forced[:, 1:] = self.corpus.codes(seg)[1, :, :k].T if k else 0
+        spans = [(a - seg.start_s, b - seg.start_s) for a, b in seg.reference_spans_s or ()]
+        forced[:, 0] = text_stream(spans, seg.n_frames, FORCED_SPEECH_TOKEN, self.reward_spec.activity)[:k]
+        forced.setflags(write=False)
+        return forced
+
+    def _reset_info(self) -> dict:
+        seg = self._segment
+        return {
+            "segment": seg.id,
+            "axis": seg.axis,
+            "n_frames": seg.n_frames,
+            "event_frame": int((seg.event_s - seg.start_s) / FRAME_S),
+            "forced_frames": self._k,
+            "forced_action": self._forced,
+            "forced": self._k > 0,
+        }
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def step(self, action):
+        t = self._t
+        if t < 0 or t >= self._n:
+            raise ResetNeeded("call reset() before step()" if t < 0 else
+                              f"the episode ended after {self._n} frames; call reset() before stepping again")
+        forced = t < self._k
+        if self.action_mode == "tokens":
+            a = action if (type(action) is np.ndarray and action.shape == (9,) and action.dtype.kind in "iu") \
+                else self._coerce_tokens(action)
+            if ((a < 0) | (a > self._high)).any():
+                self._bad_tokens(a)
+            if forced:
+                a = self._forced[t]
+            self._text[t] = a[0]
+            self._codes[t] = a[1:]
+            speaking = a[0] != TEXT_PAD and a[0] != 0
+        else:
+            a = self._coerce_wave(action)
+            if forced:
+                a = self._forced[t]
+            self._wave[t] = a
+            speaking = self._dense_on and float(np.dot(a, a)) >= SPEAKING_RMS**2 * FRAME_SAMPLES
+        reward = float(self._pen_speak[t] if speaking else self._pen_silent[t]) if self._dense_on else 0.0
+        t += 1
+        self._t = t
+        info = {"frame": t - 1, "forced": forced}
+        terminated = t == self._n
+        if terminated:
+            reward += self._finish(reward, info)
+        self._rewards[t - 1] = reward
+        return self._obs[t].copy(), reward, terminated, False, info
+
+    def _coerce_tokens(self, action) -> np.ndarray:
+        a = np.asarray(action)
+        if a.shape != (1 + N_CODEBOOKS,):
+            raise ValueError(f"tokens action must have shape (9,) (text token + 8 codebooks), got {a.shape}")
+        if a.dtype.kind == "f":
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"tokens action contains NaN or inf: {a.tolist()}")
+            if not np.all(a == np.round(a)):
+                raise ValueError(f"tokens action must hold integers, got {a.tolist()}")
+        elif a.dtype.kind not in "iu":
+            raise ValueError(f"tokens action must be an integer array, got dtype {a.dtype}")
+        return a.astype(np.int64)
+
+    def _bad_tokens(self, a: np.ndarray):
+        if a[0] < 0 or a[0] >= self.text_card:
+            raise ValueError(f"text token {int(a[0])} is out of range [0, {self.text_card})")
+        bad = int(np.flatnonzero((a[1:] < 0) | (a[1:] >= AUDIO_CARD))[0])
+        raise ValueError(f"audio token {int(a[1 + bad])} of codebook {bad} is out of range [0, {AUDIO_CARD})")
+
+    def _coerce_wave(self, action) -> np.ndarray:
+        a = action if type(action) is np.ndarray else np.asarray(action)
+        if a.shape != (FRAME_SAMPLES,):
+            raise ValueError(f"waveform action must have shape ({FRAME_SAMPLES},) (80 ms at 24 kHz), got {a.shape}")
+        if a.dtype.kind != "f":
+            raise ValueError(f"waveform action must be floating point in [-1, 1], got dtype {a.dtype}")
+        lo, hi = float(a.min()), float(a.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError("waveform action contains NaN or inf")
+        if lo < -1.0 or hi > 1.0:
+            raise ValueError(f"waveform action must lie in [-1, 1], got samples from {lo:.3f} to {hi:.3f}")
+        return a
+
+    def _finish(self, dense_last: float, info: dict) -> float:
+        dense_total = float(self._rewards[: self._n - 1].sum()) + dense_last
+        record = self._make_record()
+        terms = score_episode(record, self.reward_spec, dense_total)
+        self._record = EpisodeRecord(**{**record.__dict__, "reward_terms": terms})
+        info["reward_terms"] = terms
+        return terms["reward"]
+
+    def _make_record(self) -> EpisodeRecord:
+        seg = self._segment
+        tokens = self.action_mode == "tokens"
+        return EpisodeRecord(
+            segment=seg,
+            seed=self._seed,
+            env=self.config(),
+            forced_frames=self._k,
+            text_tokens=self._text.copy() if tokens else None,
+            audio_codes=self._codes.T.copy() if tokens else None,
+            audio=None if tokens else self._wave.reshape(-1).copy(),
+            obs_sha256=self._obs_sha256,
+            rewards=self._rewards,
+        )
+
+    # -- records ------------------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """What it takes to rebuild this env for a replay (JSON-ready)."""
+        return {
+            "id": self.env_id,
+            "corpus": str(self.corpus.path),
+            "axes": list(self._by_axis),
+            "obs_mode": self.obs_mode,
+            "action_mode": self.action_mode,
+            "text_card": self.text_card,
+            "codec": self.codec,
+            "codec_id": self.corpus.codec_id,
+            "rewards": self.reward_spec.to_dict(),
+        }
+
+    def episode_record(self) -> EpisodeRecord:
+        """The record of the episode that just ended (rewards filled in)."""
+        if self._record is None:
+            raise ResetNeeded("no finished episode yet: step until terminated first")
+        rec = self._record
+        return EpisodeRecord(**{**rec.__dict__, "rewards": self._rewards.copy()})

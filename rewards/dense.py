@@ -1,0 +1,54 @@
+"""Optional dense per-frame shaping.
+
+Each axis names, per frame, whether the agent should be speaking (``want``) and whether that
+frame is judged at all (``care``); frames the env forced are never judged. The shaping reward of
+frame t is ``-weight * care[t] * (speaking[t] != want[t]) / sum(care)``, so a whole episode's
+shaping lies in [-weight, 0]. ``speaking[t]`` is a cheap per-frame reading, the same at step time
+and on rescoring: tokens mode -> the text token is not padding; waveform mode -> the frame's RMS
+is at least :data:`SPEAKING_RMS`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from duplexgym.corpora.dialogue import FRAME_SAMPLES
+from duplexgym.corpora.manifest import Segment
+from duplexgym.rewards.activity import TEXT_PAD_IDS
+from duplexgym.rewards.record import EpisodeRecord
+from duplexgym.rewards.spec import TERMS, RewardSpec
+
+#: RMS (full scale 1.0) from which a waveform frame counts as speech for shaping (-40 dBFS).
+SPEAKING_RMS = 0.01
+
+
+def penalties(segment: Segment, spec: RewardSpec, forced_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """float64 ``[F]`` pairs: the shaping reward of each frame if the agent speaks there, and if it
+    is silent there. All zeros when dense shaping is off or the axis has no term in the spec."""
+    n = segment.n_frames
+    if_speaking, if_silent = np.zeros(n), np.zeros(n)
+    term = spec.terms.get(segment.axis)
+    if spec.dense_weight == 0.0 or term is None:
+        return if_speaking, if_silent
+    want, care = TERMS[segment.axis].dense_targets(segment, term.params)
+    care = care.copy()
+    care[:forced_frames] = False
+    if care.any():
+        unit = -spec.dense_weight / care.sum()
+        if_speaking[care & ~want] = unit
+        if_silent[care & want] = unit
+    return if_speaking, if_silent
+
+
+def speaking_frames(record: EpisodeRecord) -> np.ndarray:
+    """bool ``[F]``: the per-frame speaking reading of the module docstring."""
+    if record.text_tokens is not None:
+        return ~np.isin(record.text_tokens, TEXT_PAD_IDS)
+    frames = record.audio.reshape(-1, FRAME_SAMPLES).astype(np.float64)
+    return np.sqrt((frames**2).mean(axis=1)) >= SPEAKING_RMS
+
+
+def dense_rewards(record: EpisodeRecord, spec: RewardSpec) -> np.ndarray:
+    """float64 ``[F]`` shaping rewards of a whole record."""
+    if_speaking, if_silent = penalties(record.segment, spec, record.forced_frames)
+    return np.where(speaking_frames(record), if_speaking, if_silent)

@@ -1,0 +1,60 @@
+"""User interruption: the agent is speaking (a forced prefix of the human reference) when the user
+barges in; it stops quickly, then answers the interrupting turn.
+
+value = stop_weight * stop + (1 - stop_weight) * respond, in [-1, 1]:
+
+- stop: from the agent's speech over the interrupting turn after ``stop_grace_s`` (people take
+  ~0.5-1.2 s to stop): 0 s scores 1, ``talk_over_max_s`` or more scores -1, linear between.
+- respond: +1 if the agent starts a takeover (Full-Duplex-Bench rule) within [interruption end -
+  ``respond_early_s``, interruption end + ``respond_late_s``], else -1. Speech that merely goes
+  on through the interruption end is no answer.
+
+Metrics: ``fdb_tor``, ``fdb_latency_s`` (Full-Duplex-Bench user interruption, on the output after
+the interruption end), ``stop_latency_s`` (onset -> end of the agent speech running at the onset;
+0 if none), ``talk_over_s``, ``stop``, ``respond``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from duplexgym.corpora.dialogue import FRAME_S
+from duplexgym.corpora.manifest import Segment
+from duplexgym.rewards.fdb import AgentSpeech, interruption_metrics
+from duplexgym.rewards.terms import RewardTerm, clip, first_onset, frame_mask, linear, rel, seconds, takes_floor
+
+
+@dataclass(frozen=True)
+class InterruptionParams:
+    """Seconds, except ``stop_weight``."""
+
+    stop_grace_s: float = 1.0
+    talk_over_max_s: float = 1.5
+    respond_early_s: float = 0.2
+    respond_late_s: float = 2.5
+    stop_weight: float = 0.5
+
+
+def score(speech: AgentSpeech, segment: Segment, p: InterruptionParams = InterruptionParams()) -> RewardTerm:
+    end = segment.n_frames * FRAME_S
+    onset = rel(segment, segment.event_s)
+    intr_end = rel(segment, segment.interruption_end_s)
+    talk_over = seconds(clip(speech, onset + p.stop_grace_s, intr_end))
+    stop = linear(talk_over, 0.0, p.talk_over_max_s)
+    answer = first_onset(speech, intr_end - p.respond_early_s, min(end, intr_end + p.respond_late_s))
+    respond = 1.0 if answer is not None and takes_floor(speech, answer, end) else -1.0
+    running = [b for a, b in speech.spans_s if a <= onset < b]
+    fdb = interruption_metrics(speech, intr_end)
+    value = p.stop_weight * stop + (1.0 - p.stop_weight) * respond
+    return RewardTerm(value, {"fdb_tor": fdb["tor"], "fdb_latency_s": fdb["latency_s"],
+                              "stop_latency_s": (max(running) - onset) if running else 0.0,
+                              "talk_over_s": talk_over, "stop": stop, "respond": respond})
+
+
+def dense_targets(segment: Segment, p: InterruptionParams = InterruptionParams()):
+    """Silent over the interrupting turn after the grace, speaking shortly after it ends."""
+    n = segment.n_frames
+    onset, intr_end = rel(segment, segment.event_s), rel(segment, segment.interruption_end_s)
+    silent = frame_mask(n, onset + p.stop_grace_s, intr_end)
+    speak = frame_mask(n, intr_end + 0.6, intr_end + 1.6)
+    return speak, silent | speak

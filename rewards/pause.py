@@ -1,0 +1,67 @@
+"""Pause handling: the user pauses mid-turn and goes on; the agent holds back, then answers when
+the user's turn really ends.
+
+value = (1 - respond_weight) * hold + respond_weight * respond, in [-1, 1]:
+
+- hold: -1 if the agent takes the floor (Full-Duplex-Bench takeover rule) at any time before the
+  user's turn end (or before the episode end when the segment has none); otherwise
+  ``1 - speech_penalty * share of the pause window the agent spoke in`` (a short backchannel is
+  fine). Pause window: pause start .. resumption + ``resume_grace_s``.
+- respond (only when the segment holds the user's turn end, ``turn_end_s``): +1 if the agent
+  starts speaking within [turn end - ``respond_early_s``, turn end + ``respond_late_s``] and that
+  speech is a takeover, else -1. It is what makes pause handling a discrimination task: staying
+  silent forever does not score full marks. ``respond_weight = 0`` gives a pure hold reward.
+
+Metrics: ``fdb_tor`` (Full-Duplex-Bench pause handling TOR over the output up to the user's turn
+end, the part that corresponds to its pause inputs), ``hold``, ``respond``, ``pause_speech_s``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from duplexgym.corpora.dialogue import FRAME_S
+from duplexgym.corpora.manifest import Segment
+from duplexgym.rewards.fdb import AgentSpeech, pause_metrics
+from duplexgym.rewards.terms import RewardTerm, clip, first_onset, frame_mask, rel, seconds, takes_floor
+
+
+@dataclass(frozen=True)
+class PauseParams:
+    """Seconds, except the two shares."""
+
+    resume_grace_s: float = 0.5
+    speech_penalty: float = 0.5
+    respond_weight: float = 0.25
+    respond_early_s: float = 0.2
+    respond_late_s: float = 2.0
+
+
+def score(speech: AgentSpeech, segment: Segment, p: PauseParams = PauseParams()) -> RewardTerm:
+    end = segment.n_frames * FRAME_S
+    pause_lo, pause_hi = rel(segment, segment.event_s), rel(segment, segment.pause_end_s) + p.resume_grace_s
+    turn_end = rel(segment, segment.turn_end_s)
+    hold_until = end if turn_end is None else turn_end - p.respond_early_s
+    in_pause = seconds(clip(speech, pause_lo, pause_hi))
+    took_floor = takes_floor(speech, 0.0, hold_until)
+    hold = -1.0 if took_floor else 1.0 - p.speech_penalty * min(1.0, in_pause / (pause_hi - pause_lo))
+    respond = None
+    value = hold
+    if turn_end is not None:
+        onset = first_onset(speech, turn_end - p.respond_early_s, min(end, turn_end + p.respond_late_s))
+        respond = 1.0 if onset is not None and takes_floor(speech, onset, end) else -1.0
+        value = (1.0 - p.respond_weight) * hold + p.respond_weight * respond
+    fdb = pause_metrics(clip(speech, 0.0, hold_until))
+    return RewardTerm(value, {"fdb_tor": fdb["tor"], "hold": hold, "respond": respond, "pause_speech_s": in_pause})
+
+
+def dense_targets(segment: Segment, p: PauseParams = PauseParams()):
+    """(desired speaking, cared-for) bool masks ``[F]``: silent through the pause, speaking
+    shortly after the user's turn end."""
+    n = segment.n_frames
+    care_silent = frame_mask(n, rel(segment, segment.event_s), rel(segment, segment.pause_end_s) + p.resume_grace_s)
+    want_speech = frame_mask(n, 0, 0)
+    if segment.turn_end_s is not None and p.respond_weight > 0:
+        t = rel(segment, segment.turn_end_s)
+        want_speech = frame_mask(n, t + 0.6, t + 1.6)
+    return want_speech, care_silent | want_speech
