@@ -63,6 +63,24 @@ class VadParams:
 
 Span = tuple[float, float]
 
+
+@dataclass(frozen=True)
+class Blocking:
+    """How tracks are cut into batch rows: ``block_chunks`` scored chunks per row after
+    ``warmup_chunks`` of preceding audio; ``batch_rows`` rows per model call (``None``: all rows of
+    the call in one batch, which is deterministic for the same input but not shared across calls)."""
+
+    block_chunks: int = BLOCK_CHUNKS
+    warmup_chunks: int = WARMUP_CHUNKS
+    batch_rows: int | None = BATCH_ROWS
+
+
+#: Corpus building: long blocks, a fixed batch shared by many tracks (cacheable).
+BUILD_BLOCKING = Blocking()
+#: Scoring one short episode: 1 s blocks with 0.5 s warm-up, one batch per call. Against silero's
+#: sequential get_speech_timestamps on 100 segment tracks: 95th percentile boundary difference 0.03 s.
+SCORING_BLOCKING = Blocking(block_chunks=32, warmup_chunks=16, batch_rows=None)
+
 _MODEL = None
 
 
@@ -80,11 +98,15 @@ def to_vad_rate(track: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     return resample(track, rate, VAD_RATE)
 
 
-def speech_probabilities(tracks_16k: list[np.ndarray], cache_dir: Path | None = None) -> list[np.ndarray]:
+def speech_probabilities(tracks_16k: list[np.ndarray], cache_dir: Path | None = None,
+                         blocking: Blocking = BUILD_BLOCKING) -> list[np.ndarray]:
     """silero speech probability per 32 ms chunk of each 16 kHz track: float32 ``[ceil(N/512)]``.
 
-    Cached under ``cache_dir`` (keyed by the track's samples and :data:`MODEL_ID`) when given.
+    Cached under ``cache_dir`` (keyed by the track's samples and :data:`MODEL_ID`) when given
+    (only with :data:`BUILD_BLOCKING`).
     """
+    if blocking != BUILD_BLOCKING:
+        cache_dir = None
     results: list[np.ndarray | None] = [None] * len(tracks_16k)
     keys = [_cache_key(t) for t in tracks_16k]
     todo = []
@@ -95,7 +117,7 @@ def speech_probabilities(tracks_16k: list[np.ndarray], cache_dir: Path | None = 
         else:
             todo.append(i)
     if todo:
-        computed = _batched_probabilities([tracks_16k[i] for i in todo])
+        computed = _batched_probabilities([tracks_16k[i] for i in todo], blocking)
         for i, probs in zip(todo, computed):
             results[i] = probs
             _cache_write(cache_dir, keys[i], probs)
@@ -120,11 +142,12 @@ def spans_from_probabilities(probs: np.ndarray, n_samples_16k: int, params: VadP
 
 
 def speech_spans(
-    tracks: list[np.ndarray], params: VadParams = VadParams(), rate: int = SAMPLE_RATE, cache_dir: Path | None = None
+    tracks: list[np.ndarray], params: VadParams = VadParams(), rate: int = SAMPLE_RATE, cache_dir: Path | None = None,
+    blocking: Blocking = BUILD_BLOCKING,
 ) -> list[list[Span]]:
     """Speech spans of each float32 ``[N]`` track at ``rate`` Hz, in seconds from the track start."""
     tracks_16k = [to_vad_rate(t, rate) for t in tracks]
-    probs = speech_probabilities(tracks_16k, cache_dir)
+    probs = speech_probabilities(tracks_16k, cache_dir, blocking)
     return [spans_from_probabilities(p, len(t), params) for p, t in zip(probs, tracks_16k)]
 
 
@@ -139,33 +162,34 @@ def _n_chunks(track_16k: np.ndarray) -> int:
     return -(-len(track_16k) // CHUNK_SAMPLES)
 
 
-def _blocks(track_16k: np.ndarray) -> np.ndarray:
-    """Rows ``[n_blocks, (WARMUP_CHUNKS + BLOCK_CHUNKS) * 512]``: each block with its warm-up."""
-    n_blocks = max(1, -(-_n_chunks(track_16k) // BLOCK_CHUNKS))
-    warm = WARMUP_CHUNKS * CHUNK_SAMPLES
-    block = BLOCK_CHUNKS * CHUNK_SAMPLES
+def _blocks(track_16k: np.ndarray, blocking: Blocking) -> np.ndarray:
+    """Rows ``[n_blocks, (warmup + block) * 512]``: each block with its warm-up."""
+    n_blocks = max(1, -(-_n_chunks(track_16k) // blocking.block_chunks))
+    warm = blocking.warmup_chunks * CHUNK_SAMPLES
+    block = blocking.block_chunks * CHUNK_SAMPLES
     padded = np.zeros(warm + n_blocks * block, dtype=np.float32)
     padded[warm : warm + len(track_16k)] = track_16k
     starts = np.arange(n_blocks) * block
     return np.stack([padded[s : s + warm + block] for s in starts])
 
 
-def _batched_probabilities(tracks_16k: list[np.ndarray]) -> list[np.ndarray]:
+def _batched_probabilities(tracks_16k: list[np.ndarray], blocking: Blocking = BUILD_BLOCKING) -> list[np.ndarray]:
     import torch
 
-    rows = [_blocks(t) for t in tracks_16k]
+    rows = [_blocks(t, blocking) for t in tracks_16k]
     counts = [len(r) for r in rows]
     allrows = np.concatenate(rows)
-    out = np.empty((len(allrows), BLOCK_CHUNKS), dtype=np.float32)
+    batch_rows = blocking.batch_rows or len(allrows)
+    out = np.empty((len(allrows), blocking.block_chunks), dtype=np.float32)
     model = _model()
     with torch.inference_mode():
-        for lo in range(0, len(allrows), BATCH_ROWS):
-            batch = np.zeros((BATCH_ROWS, allrows.shape[1]), dtype=np.float32)
-            take = allrows[lo : lo + BATCH_ROWS]
+        for lo in range(0, len(allrows), batch_rows):
+            batch = np.zeros((batch_rows, allrows.shape[1]), dtype=np.float32)
+            take = allrows[lo : lo + batch_rows]
             batch[: len(take)] = take
             model.reset_states()
             probs = model.audio_forward(torch.from_numpy(batch), VAD_RATE).numpy()
-            out[lo : lo + len(take)] = probs[: len(take), WARMUP_CHUNKS:]
+            out[lo : lo + len(take)] = probs[: len(take), blocking.warmup_chunks :]
     results, lo = [], 0
     for track, count in zip(tracks_16k, counts):
         results.append(out[lo : lo + count].reshape(-1)[: _n_chunks(track)].copy())
