@@ -109,3 +109,23 @@ def scripted_dialogue(speech: dict, interrupt_stop_s: float = 0.8) -> tuple[np.n
     truth["interruption"] = (onset, stop)
     tracks += np.random.default_rng(7).standard_normal(tracks.shape).astype(np.float32) * 1e-4
     return tracks, truth
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """8 synthetic dialogues with tiny-Mimi codes: every env mode works on it."""
+    from duplexgym.corpora.build import BuildOptions, build_corpus
+
+    out = tmp_path_factory.mktemp("small_corpus")
+    build_corpus("synthetic", out, BuildOptions(dialogues=8, codec="tiny"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def default_corpus(tmp_path_factory):
+    """The embedded default corpus (48 dialogues), without codes (waveform modes)."""
+    from duplexgym.corpora.build import BuildOptions, build_corpus
+
+    out = tmp_path_factory.mktemp("default_corpus")
+    summary = build_corpus("synthetic", out, BuildOptions())
+    return out, summary

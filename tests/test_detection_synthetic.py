@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-from duplexgym.corpora.build import BuildOptions, build_corpus
 
 TOLERANCE_S = 0.3
 MIN_SCORE = 0.9
@@ -32,9 +31,8 @@ def matches(a, pool):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic")
-    summary = build_corpus("synthetic", out, BuildOptions())
+def synthetic(default_corpus):
+    out, summary = default_corpus
     detected, truth = {}, {}
     for line in (out / "events.jsonl").read_text().splitlines():
         e = json.loads(line)
