@@ -14,7 +14,7 @@ from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES
 from duplexgym.corpora.manifest import Segment
 from duplexgym.envs.corpus import ReplayCorpus
 from duplexgym.rewards.activity import text_stream
-from duplexgym.rewards.dense import SPEAKING_RMS, penalties
+from duplexgym.rewards.dense import frame_is_speech, penalties
 from duplexgym.rewards.record import EpisodeRecord
 from duplexgym.rewards.scoring import score_episode
 from duplexgym.rewards.spec import RewardSpec, load_spec
@@ -161,9 +161,11 @@ class DuplexReplayEnv(gym.Env):
             self._high = np.array([self.text_card - 1] + [AUDIO_CARD - 1] * N_CODEBOOKS, dtype=np.int64)
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
+        self._tokens = action_mode == "tokens"
         self._t = -1
         self._n = 0
         self._segment: Segment | None = None
+        self._config = self.config()
 
     # -- episode set-up ---------------------------------------------------------------------
 
@@ -198,9 +200,8 @@ class DuplexReplayEnv(gym.Env):
         self._obs_sha256 = hashlib.sha256(self._obs.tobytes()).hexdigest()
         self._k = self._forced_frames(seg)
         self._forced = self._forced_actions(seg, self._k)
-        if self.action_mode == "tokens":
-            self._text = np.full(n, TEXT_PAD, dtype=np.int32)
-            self._codes = np.zeros((n, N_CODEBOOKS), dtype=np.int16)
+        if self._tokens:
+            self._act = np.zeros((n, 1 + N_CODEBOOKS), dtype=np.int64)
         else:
             self._wave = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
         self._pen_speak, self._pen_silent = penalties(seg, self.reward_spec, self._k)
@@ -215,10 +216,13 @@ class DuplexReplayEnv(gym.Env):
         return min(seg.n_frames, int(round((seg.agent_prefix_s[1] - seg.start_s) / FRAME_S)))
 
     def _forced_actions(self, seg: Segment, k: int) -> np.ndarray:
+        if k == 0:
+            shape = (0, 1 + N_CODEBOOKS) if self._tokens else (0, FRAME_SAMPLES)
+            return np.zeros(shape, dtype=np.int64 if self._tokens else np.float32)
         if self.action_mode == "waveform":
             return self.corpus.audio(seg)[1, : k * FRAME_SAMPLES].reshape(k, FRAME_SAMPLES)
         forced = np.empty((k, 1 + N_CODEBOOKS), dtype=np.int64)
-        forced[:, 1:] = self.corpus.codes(seg)[1, :, :k].T if k else 0
+        forced[:, 1:] = self.corpus.codes(seg)[1, :, :k].T
         spans = [(a - seg.start_s, b - seg.start_s) for a, b in seg.reference_spans_s or ()]
         forced[:, 0] = text_stream(spans, seg.n_frames, FORCED_SPEECH_TOKEN, self.reward_spec.activity)[:k]
         forced.setflags(write=False)
@@ -244,22 +248,22 @@ class DuplexReplayEnv(gym.Env):
             raise ResetNeeded("call reset() before step()" if t < 0 else
                               f"the episode ended after {self._n} frames; call reset() before stepping again")
         forced = t < self._k
-        if self.action_mode == "tokens":
+        if self._tokens:
             a = action if (type(action) is np.ndarray and action.shape == (9,) and action.dtype.kind in "iu") \
                 else self._coerce_tokens(action)
-            if ((a < 0) | (a > self._high)).any():
+            v = a.tolist()  # plain ints: exact range checks at a fraction of numpy's cost
+            if not 0 <= v[0] < self.text_card or min(v) < 0 or max(v[1:]) >= AUDIO_CARD:
                 self._bad_tokens(a)
             if forced:
                 a = self._forced[t]
-            self._text[t] = a[0]
-            self._codes[t] = a[1:]
-            speaking = a[0] != TEXT_PAD and a[0] != 0
+            self._act[t] = a
+            speaking = self._dense_on and a[0] != TEXT_PAD and a[0] != 0
         else:
             a = self._coerce_wave(action)
             if forced:
                 a = self._forced[t]
             self._wave[t] = a
-            speaking = self._dense_on and float(np.dot(a, a)) >= SPEAKING_RMS**2 * FRAME_SAMPLES
+            speaking = self._dense_on and frame_is_speech(a)
         reward = float(self._pen_speak[t] if speaking else self._pen_silent[t]) if self._dense_on else 0.0
         t += 1
         self._t = t
@@ -316,10 +320,10 @@ class DuplexReplayEnv(gym.Env):
         return EpisodeRecord(
             segment=seg,
             seed=self._seed,
-            env=self.config(),
+            env=self._config,
             forced_frames=self._k,
-            text_tokens=self._text.copy() if tokens else None,
-            audio_codes=self._codes.T.copy() if tokens else None,
+            text_tokens=self._act[:, 0].astype(np.int32) if tokens else None,
+            audio_codes=self._act[:, 1:].T.astype(np.int16) if tokens else None,
             audio=None if tokens else self._wave.reshape(-1).copy(),
             obs_sha256=self._obs_sha256,
             rewards=self._rewards,

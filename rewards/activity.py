@@ -49,8 +49,12 @@ class ActivityParams:
 def speech_from_text(tokens: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:
     """Speech from a text-token stream ``[F]`` (one token per 80 ms frame)."""
     tokens = np.asarray(tokens)
-    frames = np.flatnonzero(~np.isin(tokens, TEXT_PAD_IDS))
-    words = tuple((f * FRAME_S, f * FRAME_S + params.word_s, str(int(tokens[f]))) for f in frames)
+    speech = np.ones(tokens.shape, dtype=bool)
+    for pad in TEXT_PAD_IDS:
+        speech &= tokens != pad
+    frames = np.flatnonzero(speech)
+    words = tuple((f * FRAME_S, f * FRAME_S + params.word_s, str(tok))
+                  for f, tok in zip(frames.tolist(), tokens[frames].tolist()))
     spans: list[list[float]] = []
     for start, end, _ in words:
         if spans and start - spans[-1][1] <= params.merge_gap_s:
@@ -63,13 +67,23 @@ def speech_from_text(tokens: np.ndarray, params: ActivityParams = ActivityParams
 def text_stream(spans_s, n_frames: int, token: int, params: ActivityParams = ActivityParams(),
                 pad: int = TEXT_PAD_IDS[1]) -> np.ndarray:
     """The inverse of :func:`speech_from_text`: an int32 ``[n_frames]`` text stream with one
-    ``token`` per ``word_s`` of each speech span (episode seconds) and padding elsewhere, which the
-    text reader reads back as those spans. Baselines and forced prefixes use it."""
+    ``token`` per ``word_s`` of each speech span (episode seconds) and padding elsewhere, the last
+    word placed to end with the span. The text reader reads it back as the same spans within one
+    frame (a span shorter than ``word_s`` comes back ``word_s`` long). Baselines and forced
+    prefixes use it."""
     stream = np.full(n_frames, pad, dtype=np.int32)
     step = max(1, int(round(params.word_s / FRAME_S)))
     for a, b in spans_s:
-        lo, hi = max(0, int(np.floor(a / FRAME_S + 1e-9))), min(n_frames, int(np.ceil(b / FRAME_S - 1e-9)))
-        stream[lo:hi:step] = token
+        lo = max(0, int(np.floor(a / FRAME_S + 1e-9)))
+        if lo >= n_frames:
+            continue
+        frames = [lo]
+        while (frames[-1] + step) * FRAME_S + params.word_s <= b + FRAME_S + 1e-9:
+            frames.append(frames[-1] + step)
+        last = int(round((b - params.word_s) / FRAME_S))
+        if frames[-1] * FRAME_S + params.word_s < b - FRAME_S and last > frames[-1]:
+            frames.append(last)  # a last word ending with the span
+        stream[[f for f in frames if f < n_frames]] = token
     return stream
 
 

@@ -1,10 +1,11 @@
 """Backchanneling: the user holds a long turn; the agent gives short "mhm / yeah" responses at the
 moments a person did, and never takes over.
 
-value in [-1, 1]: -1 if the Full-Duplex-Bench backchannel takeover rule fires (an agent speech
-segment > 3 s or > 3 words); otherwise the F1 score in [0, 1] of the agent's backchannels
+value in [-1, 1]: -1 if any agent speech segment is a takeover by the Full-Duplex-Bench
+backchannel rule (> 3 s or > 3 words; judged on every segment, unlike the benchmark's TOR which
+keeps the last segment's verdict); otherwise the F1 score in [0, 1] of the agent's backchannels
 (Full-Duplex-Bench's rule: < 1 s and <= 2 words) against the human reference's backchannel onsets,
-an agent backchannel matching a human one when its onset is within ``match_s``. Agent speech that
+matched one to one when their onsets are within ``match_s``. Agent speech that
 is neither a backchannel nor a takeover counts as an unmatched agent response. Silence scores 0.
 
 Metrics: ``fdb_tor``, ``fdb_frequency`` (backchannels per second), ``fdb_jsd`` (Jensen-Shannon
@@ -20,6 +21,7 @@ from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, backchannel_metrics, backchannel_segments
 from duplexgym.rewards.terms import RewardTerm, frame_mask, rel
+from duplexgym.rewards.terms import check_params as _check
 
 
 @dataclass(frozen=True)
@@ -28,22 +30,37 @@ class BackchannelParams:
 
     match_s: float = 0.6
 
+    def __post_init__(self):
+        _check(self)
+
 
 def score(speech: AgentSpeech, segment: Segment, p: BackchannelParams = BackchannelParams()) -> RewardTerm:
     end = segment.n_frames * FRAME_S
     human = [rel(segment, a) for a, _ in (segment.backchannels_s or ())]
     fdb = backchannel_metrics(speech, end, human)
-    responses = [(a, kind) for a, _, kind in backchannel_segments(speech)]
-    agent_bc = [a for a, kind in responses if kind == "backchannel"]
-    matched_agent = sum(any(abs(a - h) <= p.match_s for h in human) for a in agent_bc)
-    matched_human = sum(any(abs(a - h) <= p.match_s for a in agent_bc) for h in human)
-    precision = matched_agent / len(responses) if responses else 0.0
-    recall = matched_human / len(human) if human else 0.0
+    responses = backchannel_segments(speech)
+    took_over = any(kind == "takeover" for _, _, kind in responses)
+    agent_bc = [a for a, _, kind in responses if kind == "backchannel"]
+    matched = _match(agent_bc, human, p.match_s)
+    precision = matched / len(responses) if responses else 0.0
+    recall = matched / len(human) if human else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    value = -1.0 if fdb["tor"] else f1
+    value = -1.0 if took_over else f1
     return RewardTerm(value, {"fdb_tor": fdb["tor"], "fdb_frequency": fdb["frequency"], "fdb_jsd": fdb["jsd"],
                               "precision": precision, "recall": recall, "n_agent": len(agent_bc),
                               "n_human": len(human)})
+
+
+def _match(agent: list[float], human: list[float], match_s: float) -> int:
+    """One-to-one matches between onsets no more than ``match_s`` apart (greedy, closest first)."""
+    pairs = sorted((abs(a - h), i, j) for i, a in enumerate(agent) for j, h in enumerate(human)
+                   if abs(a - h) <= match_s + 1e-9)
+    used_a, used_h = set(), set()
+    for _, i, j in pairs:
+        if i not in used_a and j not in used_h:
+            used_a.add(i)
+            used_h.add(j)
+    return len(used_a)
 
 
 def dense_targets(segment: Segment, p: BackchannelParams = BackchannelParams()):

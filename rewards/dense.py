@@ -40,12 +40,21 @@ def penalties(segment: Segment, spec: RewardSpec, forced_frames: int = 0) -> tup
     return if_speaking, if_silent
 
 
+#: Sum of squares of a float32 frame at :data:`SPEAKING_RMS`.
+_SPEAKING_ENERGY = SPEAKING_RMS**2 * FRAME_SAMPLES
+
+
+def frame_is_speech(frame: np.ndarray) -> bool:
+    """The waveform reading for one float32 ``[1920]`` frame; the env calls exactly this at step
+    time, so shaping on rescoring is bit-identical."""
+    return float(np.dot(frame, frame)) >= _SPEAKING_ENERGY
+
+
 def speaking_frames(record: EpisodeRecord) -> np.ndarray:
     """bool ``[F]``: the per-frame speaking reading of the module docstring."""
     if record.text_tokens is not None:
         return ~np.isin(record.text_tokens, TEXT_PAD_IDS)
-    frames = record.audio.reshape(-1, FRAME_SAMPLES).astype(np.float64)
-    return np.sqrt((frames**2).mean(axis=1)) >= SPEAKING_RMS
+    return np.array([frame_is_speech(f) for f in record.audio.reshape(-1, FRAME_SAMPLES)], dtype=bool)
 
 
 def dense_rewards(record: EpisodeRecord, spec: RewardSpec) -> np.ndarray:

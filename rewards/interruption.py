@@ -5,8 +5,8 @@ value = stop_weight * stop + (1 - stop_weight) * respond, in [-1, 1]:
 
 - stop: from the agent's speech over the interrupting turn after ``stop_grace_s`` (people take
   ~0.5-1.2 s to stop): 0 s scores 1, ``talk_over_max_s`` or more scores -1, linear between.
-- respond: +1 if the agent starts a takeover (Full-Duplex-Bench rule) within [interruption end -
-  ``respond_early_s``, interruption end + ``respond_late_s``], else -1. Speech that merely goes
+- respond: +1 if an agent utterance that is a takeover (Full-Duplex-Bench rule) starts within
+  [interruption end - ``respond_early_s``, interruption end + ``respond_late_s``), else -1. Speech that merely goes
   on through the interruption end is no answer.
 
 Metrics: ``fdb_tor``, ``fdb_latency_s`` (Full-Duplex-Bench user interruption, on the output after
@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, interruption_metrics
-from duplexgym.rewards.terms import RewardTerm, clip, first_onset, frame_mask, linear, rel, seconds, takes_floor
+from duplexgym.rewards.terms import RewardTerm, clip, first_takeover_onset, frame_mask, linear, rel, seconds
+from duplexgym.rewards.terms import check_params as _check
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class InterruptionParams:
     respond_late_s: float = 2.5
     stop_weight: float = 0.5
 
+    def __post_init__(self):
+        _check(self, shares=("stop_weight",), positive=("talk_over_max_s",))
+
 
 def score(speech: AgentSpeech, segment: Segment, p: InterruptionParams = InterruptionParams()) -> RewardTerm:
     end = segment.n_frames * FRAME_S
@@ -41,8 +45,8 @@ def score(speech: AgentSpeech, segment: Segment, p: InterruptionParams = Interru
     intr_end = rel(segment, segment.interruption_end_s)
     talk_over = seconds(clip(speech, onset + p.stop_grace_s, intr_end))
     stop = linear(talk_over, 0.0, p.talk_over_max_s)
-    answer = first_onset(speech, intr_end - p.respond_early_s, min(end, intr_end + p.respond_late_s))
-    respond = 1.0 if answer is not None and takes_floor(speech, answer, end) else -1.0
+    answer = first_takeover_onset(speech, intr_end - p.respond_early_s, intr_end + p.respond_late_s, end)
+    respond = 1.0 if answer is not None else -1.0
     running = [b for a, b in speech.spans_s if a <= onset < b]
     fdb = interruption_metrics(speech, intr_end)
     value = p.stop_weight * stop + (1.0 - p.stop_weight) * respond

@@ -7,13 +7,13 @@ value = (1 - respond_weight) * hold + respond_weight * respond, in [-1, 1]:
   user's turn end (or before the episode end when the segment has none); otherwise
   ``1 - speech_penalty * share of the pause window the agent spoke in`` (a short backchannel is
   fine). Pause window: pause start .. resumption + ``resume_grace_s``.
-- respond (only when the segment holds the user's turn end, ``turn_end_s``): +1 if the agent
-  starts speaking within [turn end - ``respond_early_s``, turn end + ``respond_late_s``] and that
-  speech is a takeover, else -1. It is what makes pause handling a discrimination task: staying
+- respond (only when the segment holds the user's turn end, ``turn_end_s``): +1 if an agent
+  utterance that is a takeover starts within [turn end - ``respond_early_s``, turn end +
+  ``respond_late_s``), else -1. It is what makes pause handling a discrimination task: staying
   silent forever does not score full marks. ``respond_weight = 0`` gives a pure hold reward.
 
 Metrics: ``fdb_tor`` (Full-Duplex-Bench pause handling TOR over the output up to the user's turn
-end, the part that corresponds to its pause inputs), ``hold``, ``respond``, ``pause_speech_s``.
+end - ``respond_early_s``, the part that corresponds to its pause inputs), ``hold``, ``respond``, ``pause_speech_s``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, pause_metrics
-from duplexgym.rewards.terms import RewardTerm, clip, first_onset, frame_mask, rel, seconds, takes_floor
+from duplexgym.rewards.terms import check_params as _check
+from duplexgym.rewards.terms import RewardTerm, clip, first_takeover_onset, frame_mask, rel, seconds, takes_floor
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class PauseParams:
     respond_weight: float = 0.25
     respond_early_s: float = 0.2
     respond_late_s: float = 2.0
+
+    def __post_init__(self):
+        _check(self, shares=("respond_weight",), at_most={"speech_penalty": 2.0})
 
 
 def score(speech: AgentSpeech, segment: Segment, p: PauseParams = PauseParams()) -> RewardTerm:
@@ -48,8 +52,8 @@ def score(speech: AgentSpeech, segment: Segment, p: PauseParams = PauseParams())
     respond = None
     value = hold
     if turn_end is not None:
-        onset = first_onset(speech, turn_end - p.respond_early_s, min(end, turn_end + p.respond_late_s))
-        respond = 1.0 if onset is not None and takes_floor(speech, onset, end) else -1.0
+        onset = first_takeover_onset(speech, turn_end - p.respond_early_s, turn_end + p.respond_late_s, end)
+        respond = 1.0 if onset is not None else -1.0
         value = (1.0 - p.respond_weight) * hold + p.respond_weight * respond
     fdb = pause_metrics(clip(speech, 0.0, hold_until))
     return RewardTerm(value, {"fdb_tor": fdb["tor"], "hold": hold, "respond": respond, "pause_speech_s": in_pause})

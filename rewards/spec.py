@@ -147,7 +147,9 @@ def _dataclass(cls: type, raw: Any, where: str, exclude: set[str] = frozenset())
     values = {}
     for key, value in raw.items():
         default = getattr(cls(), key)
-        if isinstance(default, bool) or isinstance(default, str):
+        if value is None and default is None:
+            values[key] = None
+        elif isinstance(default, bool) or isinstance(default, str):
             if not isinstance(value, type(default)):
                 raise RewardSpecError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
             values[key] = value

@@ -32,6 +32,8 @@ def rel(segment: Segment, t_s: float | None) -> float | None:
 def clip(speech: AgentSpeech, lo_s: float, hi_s: float) -> AgentSpeech:
     """The part of ``speech`` inside ``[lo_s, hi_s)``: spans cut at the bounds, words kept whole
     when their start lies inside."""
+    if hi_s <= lo_s:
+        return AgentSpeech(spans_s=(), words=None if speech.words is None else ())
     spans = tuple((max(a, lo_s), min(b, hi_s)) for a, b in speech.spans_s if b > lo_s and a < hi_s)
     words = None if speech.words is None else tuple(w for w in speech.words if lo_s <= w[0] < hi_s)
     return AgentSpeech(spans_s=spans, words=words)
@@ -65,10 +67,17 @@ def takes_floor(speech: AgentSpeech, lo_s: float, hi_s: float) -> bool:
     return any(takeover(u) for u in utterances(clip(speech, lo_s, hi_s)))
 
 
-def first_onset(speech: AgentSpeech, lo_s: float, hi_s: float) -> float | None:
-    """Start of the first speech span that *begins* inside ``[lo_s, hi_s)``, or None."""
-    starts = [a for a, _ in speech.spans_s if lo_s <= a < hi_s]
-    return min(starts) if starts else None
+def first_takeover_onset(speech: AgentSpeech, lo_s: float, hi_s: float, end_s: float) -> float | None:
+    """Start of the first utterance that begins inside ``[lo_s, hi_s)`` and is a takeover (judged
+    on the whole utterance, up to ``end_s``), or None. Speech already running at ``lo_s`` is no
+    new utterance, and a backchannel before the takeover is no answer."""
+    for utt in utterances(clip(speech, 0.0, end_s)):
+        start = utt.spans_s[0][0]
+        if start >= hi_s:
+            return None
+        if start >= lo_s and takeover(utt):
+            return start
+    return None
 
 
 def linear(x: float, good_at: float, bad_at: float) -> float:
@@ -84,3 +93,24 @@ def frame_mask(n_frames: int, lo_s: float, hi_s: float) -> np.ndarray:
     """bool ``[n_frames]``: frames whose start lies in ``[lo_s, hi_s)``."""
     starts = np.arange(n_frames) * FRAME_S
     return (starts >= lo_s) & (starts < hi_s)
+
+
+def check_params(params, shares=(), at_most=None, ordered=None, positive=()) -> None:
+    """Validate a parameter dataclass: every field >= 0, ``shares`` in [0, 1], ``at_most`` caps,
+    ``ordered`` = (a, b) with a < b, ``positive`` > 0. Raises ValueError naming the field."""
+    name = type(params).__name__
+    for field_name in params.__dataclass_fields__:
+        value = getattr(params, field_name)
+        if not isinstance(value, (int, float)) or value != value or value < 0:
+            raise ValueError(f"{name}.{field_name} must be a number >= 0, got {value!r}")
+    for field_name in shares:
+        if getattr(params, field_name) > 1:
+            raise ValueError(f"{name}.{field_name} is a share and must lie in [0, 1], got {getattr(params, field_name)}")
+    for field_name, cap in (at_most or {}).items():
+        if getattr(params, field_name) > cap:
+            raise ValueError(f"{name}.{field_name} must be <= {cap}, got {getattr(params, field_name)}")
+    if ordered and not getattr(params, ordered[0]) < getattr(params, ordered[1]):
+        raise ValueError(f"{name}.{ordered[0]} must be < {name}.{ordered[1]}")
+    for field_name in positive:
+        if not getattr(params, field_name) > 0:
+            raise ValueError(f"{name}.{field_name} must be > 0")

@@ -1,8 +1,9 @@
 """Turn-taking: the user finishes a turn; the agent takes the floor promptly, not before the end.
 
 value in [-1, 1]: -1 if the agent takes the floor (Full-Duplex-Bench takeover rule) before
-``turn end - early_s`` (a cut-in while the user holds the floor); -1 if it does not start a takeover
-in [turn end - ``early_s``, episode end] (no answer; a backchannel is no answer); otherwise its
+``turn end - early_s`` (a cut-in while the user holds the floor); -1 if no agent utterance that is a
+takeover starts in [turn end - ``early_s``, episode end) (no answer; a backchannel is no answer,
+and the latency is that of the answer, not of a backchannel before it); otherwise its
 latency (onset - turn end, clipped at 0) scores 1 up to ``on_time_s`` (human gaps are ~0.2-0.6 s),
 falling linearly to -1 at ``late_s``.
 
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, turn_metrics
-from duplexgym.rewards.terms import RewardTerm, first_onset, frame_mask, linear, rel, takes_floor
+from duplexgym.rewards.terms import RewardTerm, first_takeover_onset, frame_mask, linear, rel, takes_floor
+from duplexgym.rewards.terms import check_params as _check
 
 
 @dataclass(frozen=True)
@@ -28,13 +30,16 @@ class TurnParams:
     on_time_s: float = 0.6
     late_s: float = 2.5
 
+    def __post_init__(self):
+        _check(self, ordered=("on_time_s", "late_s"))
+
 
 def score(speech: AgentSpeech, segment: Segment, p: TurnParams = TurnParams()) -> RewardTerm:
     end = segment.n_frames * FRAME_S
     turn_end = rel(segment, segment.event_s)
     cut_in = takes_floor(speech, 0.0, turn_end - p.early_s)
-    onset = first_onset(speech, turn_end - p.early_s, end)
-    answered = onset is not None and takes_floor(speech, onset, end)
+    onset = first_takeover_onset(speech, turn_end - p.early_s, end, end)
+    answered = onset is not None
     latency = max(0.0, onset - turn_end) if answered else None
     if cut_in or not answered:
         value = -1.0
