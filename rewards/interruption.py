@@ -31,7 +31,7 @@ class InterruptionParams:
 
     stop_grace_s: float = 1.0
     talk_over_max_s: float = 1.5
-    respond_early_s: float = 0.2
+    respond_early_s: float = 0.4
     respond_late_s: float = 2.5
     stop_weight: float = 0.5
 

@@ -34,7 +34,7 @@ class PauseParams:
     resume_grace_s: float = 0.5
     speech_penalty: float = 0.5
     respond_weight: float = 0.25
-    respond_early_s: float = 0.2
+    respond_early_s: float = 0.4
     respond_late_s: float = 2.0
 
     def __post_init__(self):

@@ -26,7 +26,7 @@ from duplexgym.rewards.terms import check_params as _check
 class TurnParams:
     """Seconds."""
 
-    early_s: float = 0.2
+    early_s: float = 0.4
     on_time_s: float = 0.6
     late_s: float = 2.5
 

@@ -47,6 +47,12 @@ PAD = 3
 TEXT = ActivityParams(reader="text")
 
 
+# The edge tests below were written for a 0.2 s early window; the defaults allow 0.4 s overlaps.
+EARLY_02_PAUSE = PauseParams(respond_early_s=0.2)
+EARLY_02_TURN = TurnParams(early_s=0.2)
+EARLY_02_INTR = InterruptionParams(respond_early_s=0.2)
+
+
 def d(t: float) -> float:
     """Episode seconds -> dialogue seconds."""
     return START + t
@@ -199,17 +205,17 @@ def test_pause_takeover_threshold():
 def test_pause_response_window_edges():
     answer = 1.5
     # Onset exactly at turn end - respond_early_s (3.8): an answer, not a takeover in the pause.
-    term = pause.score(spans((3.8, 3.8 + answer)), PAUSE)
+    term = pause.score(spans((3.8, 3.8 + answer)), PAUSE, EARLY_02_PAUSE)
     assert term.metrics == {"fdb_tor": 0, "hold": 1.0, "respond": 1.0, "pause_speech_s": 0.0}
     assert term.value == 1.0
     # Starting earlier: neither an onset in the window nor (0.05 s before it) a takeover.
-    term = pause.score(spans((3.75, 3.75 + answer)), PAUSE)
+    term = pause.score(spans((3.75, 3.75 + answer)), PAUSE, EARLY_02_PAUSE)
     assert term.metrics["hold"] == 1.0 and term.metrics["respond"] == -1.0
     # The window ends at turn end + respond_late_s (6.0), exclusive.
-    assert pause.score(spans((5.75, 7.25)), PAUSE).metrics["respond"] == 1.0
-    assert pause.score(spans((6.0, 7.5)), PAUSE).metrics["respond"] == -1.0
+    assert pause.score(spans((5.75, 7.25)), PAUSE, EARLY_02_PAUSE).metrics["respond"] == 1.0
+    assert pause.score(spans((6.0, 7.5)), PAUSE, EARLY_02_PAUSE).metrics["respond"] == -1.0
     # An onset in the window that is only a backchannel is no answer.
-    assert pause.score(spans((4.25, 4.5)), PAUSE).metrics["respond"] == -1.0
+    assert pause.score(spans((4.25, 4.5)), PAUSE, EARLY_02_PAUSE).metrics["respond"] == -1.0
 
 
 def test_pause_overlap_at_first_and_last_frame():
@@ -283,29 +289,29 @@ def test_turn_latency_thresholds_defaults():
 
 def test_turn_onset_at_turn_end_minus_early():
     # Exactly at turn end - early_s (3.8): an answer with latency 0 (clipped), full marks.
-    term = turn.score(spans((3.8, 5.0)), TURN)
+    term = turn.score(spans((3.8, 5.0)), TURN, EARLY_02_TURN)
     assert term.value == 1.0 and term.metrics["latency_s"] == 0.0 and term.metrics["cut_in"] == 0
     # 0.05 s earlier: speech that merely goes on through the window start is no answer.
-    term = turn.score(spans((3.75, 5.0)), TURN)
+    term = turn.score(spans((3.75, 5.0)), TURN, EARLY_02_TURN)
     assert term.value == -1.0 and term.metrics["cut_in"] == 0 and term.metrics["latency_s"] is None
     # A backchannel just before the window does not spoil a later answer.
-    assert turn.score(spans((3.0, 3.25), (4.5, 6.0)), TURN).value == pytest.approx(1.0)
+    assert turn.score(spans((3.0, 3.25), (4.5, 6.0)), TURN, EARLY_02_TURN).value == pytest.approx(1.0)
 
 
 def test_turn_takeover_threshold_for_the_answer_and_the_cut_in():
     # The answer: exactly 1.0 s is a takeover, 0.99 s is a backchannel (no answer).
-    assert turn.score(spans((4.5, 5.5)), TURN).value == pytest.approx(1.0)
-    assert turn.score(spans((4.5, 5.49)), TURN).value == -1.0
-    assert turn.score(n_words(3, 4.5, 0.99), TURN).value == -1.0
-    assert turn.score(n_words(4, 4.5, 0.5), TURN).value == pytest.approx(1.0)
+    assert turn.score(spans((4.5, 5.5)), TURN, EARLY_02_TURN).value == pytest.approx(1.0)
+    assert turn.score(spans((4.5, 5.49)), TURN, EARLY_02_TURN).value == -1.0
+    assert turn.score(n_words(3, 4.5, 0.99), TURN, EARLY_02_TURN).value == -1.0
+    assert turn.score(n_words(4, 4.5, 0.5), TURN, EARLY_02_TURN).value == pytest.approx(1.0)
     # The cut-in: 1.0 s before the turn end is one, 0.99 s is a tolerated backchannel.
-    term = turn.score(spans((1.0, 2.0), (4.5, 6.0)), TURN)
+    term = turn.score(spans((1.0, 2.0), (4.5, 6.0)), TURN, EARLY_02_TURN)
     assert term.value == -1.0 and term.metrics["cut_in"] == 1 and term.metrics["latency_s"] is not None
-    term = turn.score(spans((1.0, 1.99), (4.5, 6.0)), TURN)
+    term = turn.score(spans((1.0, 1.99), (4.5, 6.0)), TURN, EARLY_02_TURN)
     assert term.metrics["cut_in"] == 0 and term.value == pytest.approx(1.0)
     # A cut-in whose tail reaches into the window: only the part before the window is judged.
-    assert turn.score(spans((3.0, 3.9)), TURN).metrics["cut_in"] == 0
-    assert turn.score(spans((2.75, 3.9)), TURN).metrics["cut_in"] == 1
+    assert turn.score(spans((3.0, 3.9)), TURN, EARLY_02_TURN).metrics["cut_in"] == 0
+    assert turn.score(spans((2.75, 3.9)), TURN, EARLY_02_TURN).metrics["cut_in"] == 1
 
 
 def test_turn_overlap_at_first_and_last_frame():
@@ -480,21 +486,21 @@ def test_interruption_talk_over_max_and_grace_params():
 def test_interruption_response_window_edges():
     # Onset exactly at interruption end - respond_early_s (4.3).
     # Its first 0.2 s fall inside the interrupting turn: talk-over.
-    term = interruption.score(spans((4.3, 5.5)), INTR)
+    term = interruption.score(spans((4.3, 5.5)), INTR, EARLY_02_INTR)
     assert term.metrics["respond"] == 1.0 and term.metrics["talk_over_s"] == pytest.approx(0.2)
     assert term.value == pytest.approx(0.5 * (1.0 - 2.0 * 0.2 / 1.5) + 0.5 * 1.0)
     # 0.05 s earlier: no onset in the window; a little talk-over.
-    term = interruption.score(spans((4.25, 5.5)), INTR)
+    term = interruption.score(spans((4.25, 5.5)), INTR, EARLY_02_INTR)
     assert term.metrics["respond"] == -1.0 and term.metrics["talk_over_s"] == 0.25
     assert term.metrics["stop"] == pytest.approx(1.0 - 2.0 * 0.25 / 1.5)
     # The window ends at interruption end + respond_late_s (7.0), exclusive.
-    assert interruption.score(spans((6.75, END)), INTR).metrics["respond"] == 1.0
-    assert interruption.score(spans((7.0, END)), INTR).metrics["respond"] == -1.0
+    assert interruption.score(spans((6.75, END)), INTR, EARLY_02_INTR).metrics["respond"] == 1.0
+    assert interruption.score(spans((7.0, END)), INTR, EARLY_02_INTR).metrics["respond"] == -1.0
     # Takeover threshold of the answer.
-    assert interruption.score(spans((5.0, 6.0)), INTR).metrics["respond"] == 1.0
-    assert interruption.score(spans((5.0, 5.99)), INTR).metrics["respond"] == -1.0
-    assert interruption.score(n_words(4, 5.0, 0.5), INTR).metrics["respond"] == 1.0
-    assert interruption.score(n_words(3, 5.0, 0.99), INTR).metrics["respond"] == -1.0
+    assert interruption.score(spans((5.0, 6.0)), INTR, EARLY_02_INTR).metrics["respond"] == 1.0
+    assert interruption.score(spans((5.0, 5.99)), INTR, EARLY_02_INTR).metrics["respond"] == -1.0
+    assert interruption.score(n_words(4, 5.0, 0.5), INTR, EARLY_02_INTR).metrics["respond"] == 1.0
+    assert interruption.score(n_words(3, 5.0, 0.99), INTR, EARLY_02_INTR).metrics["respond"] == -1.0
 
 
 def test_interruption_overlap_at_first_and_last_frame():
@@ -560,7 +566,7 @@ def test_values_in_range_and_fdb_metrics_on_random_timelines():
             assert -1.0 <= term.value <= 1.0, (axis, speech, term)
             m = term.metrics
             if axis == "pause":
-                assert m["fdb_tor"] == pause_metrics(clip(speech, 0.0, 3.8))["tor"]
+                assert m["fdb_tor"] == pause_metrics(clip(speech, 0.0, 4.0 - PauseParams().respond_early_s))["tor"]
             elif axis == "turn":
                 assert (m["fdb_tor"], m["fdb_latency_s"]) == tuple(turn_metrics(speech, 4.0).values())
             elif axis == "backchannel":
