@@ -71,7 +71,8 @@ class DuplexReplayEnv(gym.Env):
     named by ``reset(options={"segment": id})``. Interruption episodes start with the agent already
     speaking: for the first ``info["forced_frames"]`` frames the env plays the human reference as
     the agent's output whatever the action, gives those frames in ``info["forced_action"]`` (shape
-    ``[k, 9]`` tokens or ``[k, 1920]`` waveform) so a model can be teacher-forced, and marks those
+    ``[k, 9]`` tokens or ``[k, 1920]`` waveform) and their audio in ``info["forced_audio"]``
+    (``[k * 1920]`` float32) so a model can be teacher-forced, and marks those
     steps ``info["forced"] = True`` so trainers leave them out of the loss.
 
     ## Episode End
@@ -237,6 +238,7 @@ class DuplexReplayEnv(gym.Env):
             "event_frame": int((seg.event_s - seg.start_s) / FRAME_S),
             "forced_frames": self._k,
             "forced_action": self._forced,
+            "forced_audio": self.corpus.audio(seg)[1, : self._k * FRAME_SAMPLES],
             "forced": self._k > 0,
         }
 

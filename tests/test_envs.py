@@ -81,6 +81,7 @@ def test_interruption_starts_with_a_forced_reference_prefix(small_corpus):
     assert forced.shape == (k, 9)
     np.testing.assert_array_equal(forced[:, 1:], env.unwrapped.corpus.codes(seg)[1, :, :k].T)
     assert (forced[:, 0] != 3).any()  # the reference speaks in its prefix: the text stream says so
+    np.testing.assert_array_equal(info["forced_audio"], env.unwrapped.corpus.audio(seg)[1, : k * 1920])
     flags = []
     silent = np.array([3] + [0] * 8)
     done = False
