@@ -27,7 +27,7 @@ def replay_check(path: str | Path) -> dict:
     cfg = record.env
     env = gym.make(cfg["id"] or "duplexgym/Interactivity-v0", corpus=cfg["corpus"], obs_mode=cfg["obs_mode"],
                    action_mode=cfg["action_mode"], rewards=cfg["rewards"], codec=cfg["codec"],
-                   text_card=cfg["text_card"], axes=tuple(cfg["axes"]))
+                   text_card=cfg["text_card"], axes=tuple(cfg["axes"]), text_tokenizer=cfg.get("text_tokenizer"))
     base = env.unwrapped
     mismatches = []
     if base.corpus.codec_id != cfg.get("codec_id"):

@@ -91,6 +91,8 @@ class DuplexReplayEnv(gym.Env):
       corpus' codec).
     - ``text_card``: Moshi's text vocabulary size.
     - ``segments``: restrict to these segment ids.
+    - ``text_tokenizer``: the agent's SentencePiece model; tokens-mode records then carry the agent's
+      decoded text and timed words (the quality reward judges them).
     - ``record_dir``: save each finished episode's record there (``.npz`` + ``.json``).
 
     ## Example
@@ -107,7 +109,8 @@ class DuplexReplayEnv(gym.Env):
 
     def __init__(self, corpus: str | Path, axes=AXES, axis_weights: dict | None = None, obs_mode: str = "codes",
                  action_mode: str = "tokens", rewards=None, codec: str | None = None, text_card: int = TEXT_CARD,
-                 segments=None, record_dir: str | Path | None = None, env_id: str | None = None):
+                 segments=None, record_dir: str | Path | None = None, env_id: str | None = None,
+                 text_tokenizer: str | Path | None = None):
         super().__init__()
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
@@ -136,6 +139,11 @@ class DuplexReplayEnv(gym.Env):
             raise ValueError("a vad reward reader in tokens mode needs a codec to decode the agent's tokens; pass codec=")
         self.env_id = env_id
         self.record_dir = None if record_dir is None else Path(record_dir)
+        self.text_tokenizer = None if text_tokenizer is None else str(text_tokenizer)
+        if self.text_tokenizer is not None:
+            from duplexgym.rewards.text import load_tokenizer
+
+            load_tokenizer(self.text_tokenizer)  # a bad path fails here, not at an episode's end
 
         by_axis = {a: self.corpus.select((a,), segments) for a in axes}
         self._by_axis = {a: s for a, s in by_axis.items() if s}
@@ -319,6 +327,11 @@ class DuplexReplayEnv(gym.Env):
     def _make_record(self) -> EpisodeRecord:
         seg = self._segment
         tokens = self.action_mode == "tokens"
+        text, words = None, None
+        if tokens and self.text_tokenizer is not None:
+            from duplexgym.rewards.text import decode_words
+
+            text, words = decode_words(self._act[:, 0], self.text_tokenizer)
         return EpisodeRecord(
             segment=seg,
             seed=self._seed,
@@ -327,6 +340,8 @@ class DuplexReplayEnv(gym.Env):
             text_tokens=self._act[:, 0].astype(np.int32) if tokens else None,
             audio_codes=self._act[:, 1:].T.astype(np.int16) if tokens else None,
             audio=None if tokens else self._wave.reshape(-1).copy(),
+            agent_text=text,
+            agent_words=words,
             obs_sha256=self._obs_sha256,
             rewards=self._rewards,
         )
@@ -344,6 +359,7 @@ class DuplexReplayEnv(gym.Env):
             "text_card": self.text_card,
             "codec": self.codec,
             "codec_id": self.corpus.codec_id,
+            "text_tokenizer": self.text_tokenizer,
             "rewards": self.reward_spec.to_dict(),
         }
 

@@ -11,8 +11,9 @@ Rewards are pure functions of a record, which makes ablations (``duplexgym resco
                                     reward at the last step)
 
 Metadata (``.json``): the segment (manifest line), the seed, the env configuration (id, corpus,
-modes, codec spec and id, reward spec), ``forced_frames``, ``agent_text``, the SHA-256 of the
-observation stream, and the final ``reward_terms``. ``F`` = ``segment.n_frames``.
+modes, codec spec and id, text tokenizer, reward spec), ``forced_frames``, ``agent_text`` and
+``agent_words`` (``[start_s, end_s, word]``, episode seconds; tokens mode with a text tokenizer),
+the SHA-256 of the observation stream, and the final ``reward_terms``. ``F`` = ``segment.n_frames``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class EpisodeRecord:
     audio_codes: np.ndarray | None = None
     audio: np.ndarray | None = None
     agent_text: str | None = None
+    agent_words: tuple[tuple[float, float, str], ...] | None = None
     obs_sha256: str = ""
     rewards: np.ndarray | None = None
     reward_terms: dict = field(default_factory=dict)
@@ -70,6 +72,7 @@ class EpisodeRecord:
             "env": self.env,
             "forced_frames": self.forced_frames,
             "agent_text": self.agent_text,
+            "agent_words": None if self.agent_words is None else [list(w) for w in self.agent_words],
             "obs_sha256": self.obs_sha256,
             "reward_terms": self.reward_terms,
         }
@@ -104,6 +107,7 @@ class EpisodeRecord:
             audio_codes=arrays.get("audio_codes"),
             audio=arrays.get("audio"),
             agent_text=meta.get("agent_text"),
+            agent_words=None if meta.get("agent_words") is None else tuple(tuple(w) for w in meta["agent_words"]),
             obs_sha256=meta.get("obs_sha256", ""),
             rewards=arrays.get("rewards"),
             reward_terms=meta.get("reward_terms", {}),

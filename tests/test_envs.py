@@ -196,3 +196,27 @@ def test_axis_weights_mix_the_axes(small_corpus):
         axes.append(info["axis"])
     assert set(axes) == {"pause", "interruption"}
     assert 0.6 < axes.count("interruption") / len(axes) < 0.9
+
+
+def test_text_tokenizer_puts_the_agents_words_in_the_record(small_corpus):
+    """Moshi's text stream decoded with a real 32000-piece SentencePiece model (mistral-common's)."""
+    import importlib.resources
+
+    sp_path = importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1"
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(sp_path))
+    env = DuplexReplayEnv(small_corpus, axes=("turn",), text_tokenizer=str(sp_path))
+    _, info = env.reset(seed=0)
+    ids = sp.encode("okay let me answer that")
+    stream = np.full(info["n_frames"], 3)
+    start = info["event_frame"] + 6
+    stream[start : start + 2 * len(ids) : 2] = ids
+    for tok in stream:
+        env.step(np.array([tok] + [0] * 8))
+    rec = env.episode_record()
+    assert rec.agent_text == "okay let me answer that"
+    assert [w[2] for w in rec.agent_words] == ["okay", "let", "me", "answer", "that"]
+    assert rec.agent_words[0][0] == pytest.approx(start * 0.08)
+    with pytest.raises(ValueError, match="SentencePiece"):
+        DuplexReplayEnv(small_corpus, text_tokenizer=str(small_corpus / "manifest.jsonl"))
