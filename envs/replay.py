@@ -93,7 +93,8 @@ class DuplexReplayEnv(gym.Env):
     - ``segments``: restrict to these segment ids.
     - ``text_tokenizer``: the agent's SentencePiece model; tokens-mode records then carry the agent's
       decoded text and timed words (the quality reward judges them).
-    - ``record_dir``: save each finished episode's record there (``.npz`` + ``.json``).
+    - ``record_dir``: save each finished episode's record there (``{n:06d}-{segment}.npz/.json``;
+      the last step's ``info["record"]`` names it).
 
     ## Example
     >>> import gymnasium as gym, duplexgym
@@ -171,6 +172,7 @@ class DuplexReplayEnv(gym.Env):
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
         self._tokens = action_mode == "tokens"
+        self._episodes_saved = 0
         self._t = -1
         self._n = 0
         self._segment: Segment | None = None
@@ -282,6 +284,10 @@ class DuplexReplayEnv(gym.Env):
         if terminated:
             reward += self._finish(reward, info)
         self._rewards[t - 1] = reward
+        if terminated and self.record_dir is not None:
+            self._episodes_saved += 1
+            path = self.episode_record().save(self.record_dir / f"{self._episodes_saved:06d}-{self._segment.id}")
+            info["record"] = str(path)
         return self._obs[t].copy(), reward, terminated, False, info
 
     def _coerce_tokens(self, action) -> np.ndarray:

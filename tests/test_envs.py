@@ -220,3 +220,14 @@ def test_text_tokenizer_puts_the_agents_words_in_the_record(small_corpus):
     assert rec.agent_words[0][0] == pytest.approx(start * 0.08)
     with pytest.raises(ValueError, match="SentencePiece"):
         DuplexReplayEnv(small_corpus, text_tokenizer=str(small_corpus / "manifest.jsonl"))
+
+
+def test_record_dir_saves_each_finished_episode(small_corpus, tmp_path):
+    from duplexgym.rewards.record import EpisodeRecord
+
+    env = DuplexReplayEnv(small_corpus, axes=("pause",), record_dir=tmp_path)
+    _, rewards, last, info = run_episode(env, seed=4)
+    saved = EpisodeRecord.load(last["record"])
+    assert saved.segment.id == info["segment"] and saved.rewards.tobytes() == rewards.tobytes()
+    run_episode(env)
+    assert len(list(tmp_path.glob("*.json"))) == 2
