@@ -54,8 +54,11 @@ class VadParams:
     speech_pad_ms: int = 30
 
     def __post_init__(self):
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"VadParams.threshold must be in (0, 1), got {self.threshold}")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"VadParams.threshold must be in (0, 1), got {self.threshold!r}")
+        if self.neg_threshold is not None and (not isinstance(self.neg_threshold, (int, float))
+                                               or not 0.0 < self.neg_threshold < self.threshold):
+            raise ValueError(f"VadParams.neg_threshold must be None or in (0, threshold), got {self.neg_threshold!r}")
         for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"VadParams.{name} must be >= 0, got {getattr(self, name)}")

@@ -40,7 +40,8 @@ def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 
     result["agent_speech_s"] = [[round(a, 4), round(b, 4)] for a, b in speech.spans_s]
     for name, term_spec in terms.items():
         try:
-            term = TERMS[name].score(speech, seg, term_spec.params)
+            kind = TERMS[name]
+            term = kind.score(record if kind.uses_record else speech, seg, term_spec.params)
             value = float(term.value)
             if not math.isfinite(value):
                 raise ValueError(f"term returned {value}")

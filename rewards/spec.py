@@ -9,6 +9,8 @@ A spec is YAML (or the same as a dict)::
       turn:         {weight: 1.0}
       backchannel:  {weight: 1.0}
       interruption: {weight: 0.0}     # weight 0: computed and logged, not rewarded
+      quality:      {weight: 0.2, params: {backend: openai, base_url: "http://127.0.0.1:8000/v1",
+                                           model: "qwen2.5-7b-instruct"}}   # every axis; see .quality
 
 An axis term applies to episodes of its axis only. An ablation is another spec; ``duplexgym
 rescore`` recomputes saved episodes under it. Mistakes raise :class:`RewardSpecError` naming the
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from duplexgym.corpora.vad import VadParams
-from duplexgym.rewards import backchannel, interruption, pause, turn
+from duplexgym.rewards import backchannel, interruption, pause, quality, turn
 from duplexgym.rewards.activity import ActivityParams
 
 
@@ -33,12 +35,15 @@ class RewardSpecError(ValueError):
 
 @dataclass(frozen=True)
 class TermKind:
-    """What a term name stands for: its scoring function, parameter class and dense targets."""
+    """What a term name stands for: its scoring function, parameter class and dense targets.
+    ``axis``: the episodes it applies to (None: all). ``uses_record``: ``score(record, segment,
+    params)`` instead of ``score(speech, segment, params)``."""
 
     score: Callable
     params: type
     dense_targets: Callable | None
     axis: str | None
+    uses_record: bool = False
 
 
 TERMS: dict[str, TermKind] = {
@@ -47,7 +52,10 @@ TERMS: dict[str, TermKind] = {
     "backchannel": TermKind(backchannel.score, backchannel.BackchannelParams, backchannel.dense_targets, "backchannel"),
     "interruption": TermKind(interruption.score, interruption.InterruptionParams, interruption.dense_targets,
                              "interruption"),
+    "quality": TermKind(quality.score, quality.QualityParams, None, None, uses_record=True),
 }
+#: Terms of the default spec (quality needs a judge or an embedding model: opt in).
+DEFAULT_TERMS = ("pause", "turn", "backchannel", "interruption")
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,8 @@ class RewardSpec:
 
 
 def default_spec(reader: str = "vad") -> RewardSpec:
-    """Every axis term with weight 1 and default parameters; no dense shaping."""
-    return RewardSpec(terms={name: TermSpec(1.0, kind.params()) for name, kind in TERMS.items()},
+    """Every axis term with weight 1 and default parameters; no quality term, no dense shaping."""
+    return RewardSpec(terms={name: TermSpec(1.0, TERMS[name].params()) for name in DEFAULT_TERMS},
                       activity=ActivityParams(reader=reader))
 
 
@@ -147,13 +155,13 @@ def _dataclass(cls: type, raw: Any, where: str, exclude: set[str] = frozenset())
     values = {}
     for key, value in raw.items():
         default = getattr(cls(), key)
-        if value is None and default is None:
-            values[key] = None
+        if default is None or isinstance(default, tuple):
+            values[key] = tuple(value) if isinstance(value, list) else value  # the class validates it
         elif isinstance(default, bool) or isinstance(default, str):
             if not isinstance(value, type(default)):
                 raise RewardSpecError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
             values[key] = value
-        elif isinstance(default, (int, float)) or default is None:
+        elif isinstance(default, (int, float)):
             values[key] = _number(value, f"{where}.{key}")
             if isinstance(default, int) and not isinstance(default, bool) and float(values[key]).is_integer():
                 values[key] = int(values[key])

