@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
@@ -31,6 +32,21 @@ TEXT_PAD = 3
 FORCED_SPEECH_TOKEN = 4
 OBS_MODES = ("codes", "waveform")
 ACTION_MODES = ("tokens", "waveform")
+
+
+@dataclass(frozen=True)
+class ForcedPrefix:
+    """The agent's forced opening of an interruption episode (empty elsewhere).
+
+    ``frames``: how many frames ``k`` are forced; ``action``: what the env plays as the agent's
+    output there, ``[k, 9]`` int64 tokens or ``[k, 1920]`` float32 waveform; ``audio``: the human
+    reference's audio of those frames, float32 ``[k * 1920]``. One object per episode, so vector
+    envs can carry it in their infos (arrays of varying shape cannot be batched).
+    """
+
+    frames: int
+    action: np.ndarray
+    audio: np.ndarray
 
 
 class ResetNeeded(RuntimeError):
@@ -70,9 +86,9 @@ class DuplexReplayEnv(gym.Env):
     A segment drawn with ``self.np_random`` (axis by ``axis_weights``, then uniformly), or the one
     named by ``reset(options={"segment": id})``. Interruption episodes start with the agent already
     speaking: for the first ``info["forced_frames"]`` frames the env plays the human reference as
-    the agent's output whatever the action, gives those frames in ``info["forced_action"]`` (shape
-    ``[k, 9]`` tokens or ``[k, 1920]`` waveform) and their audio in ``info["forced_audio"]``
-    (``[k * 1920]`` float32) so a model can be teacher-forced, and marks those
+    the agent's output whatever the action, gives those frames in ``info["forced_prefix"]`` (a
+    :class:`ForcedPrefix`: ``.action`` ``[k, 9]`` tokens or ``[k, 1920]`` waveform, ``.audio``
+    ``[k * 1920]`` float32) so a model can be teacher-forced, and marks those
     steps ``info["forced"] = True`` so trainers leave them out of the loss.
 
     ## Episode End
@@ -247,8 +263,7 @@ class DuplexReplayEnv(gym.Env):
             "n_frames": seg.n_frames,
             "event_frame": int((seg.event_s - seg.start_s) / FRAME_S),
             "forced_frames": self._k,
-            "forced_action": self._forced,
-            "forced_audio": self.corpus.audio(seg)[1, : self._k * FRAME_SAMPLES],
+            "forced_prefix": ForcedPrefix(self._k, self._forced, self.corpus.audio(seg)[1, : self._k * FRAME_SAMPLES]),
             "forced": self._k > 0,
         }
 

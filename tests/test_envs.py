@@ -77,11 +77,12 @@ def test_interruption_starts_with_a_forced_reference_prefix(small_corpus):
     k = info["forced_frames"]
     seg = env.unwrapped.corpus.by_id[info["segment"]]
     assert k == round((seg.event_s - seg.start_s) / 0.08) > 0 and info["forced"] is True
-    forced = info["forced_action"]
+    forced = info["forced_prefix"].action
+    assert info["forced_prefix"].frames == k
     assert forced.shape == (k, 9)
     np.testing.assert_array_equal(forced[:, 1:], env.unwrapped.corpus.codes(seg)[1, :, :k].T)
     assert (forced[:, 0] != 3).any()  # the reference speaks in its prefix: the text stream says so
-    np.testing.assert_array_equal(info["forced_audio"], env.unwrapped.corpus.audio(seg)[1, : k * 1920])
+    np.testing.assert_array_equal(info["forced_prefix"].audio, env.unwrapped.corpus.audio(seg)[1, : k * 1920])
     flags = []
     silent = np.array([3] + [0] * 8)
     done = False
@@ -94,7 +95,7 @@ def test_interruption_starts_with_a_forced_reference_prefix(small_corpus):
     assert (record.text_tokens[k:] == 3).all() and record.forced_frames == k
     wave = gym.make("duplexgym/Interruption-v0", corpus=str(small_corpus), obs_mode="waveform", action_mode="waveform")
     _, winfo = wave.reset(seed=0)
-    assert winfo["forced_action"].shape == (winfo["forced_frames"], 1920)
+    assert winfo["forced_prefix"].action.shape == (winfo["forced_frames"], 1920)
 
 
 @pytest.mark.parametrize("vector_cls", [gym.vector.SyncVectorEnv, gym.vector.AsyncVectorEnv])
@@ -102,12 +103,15 @@ def test_vector_envs(small_corpus, vector_cls):
     def make():
         import duplexgym  # noqa: F401  (registers the ids in subprocesses)
 
-        return gym.make("duplexgym/Interactivity-v0", corpus=str(small_corpus))
+        # interruption episodes first: their forced prefixes differ in length between the envs
+        return gym.make("duplexgym/Interactivity-v0", corpus=str(small_corpus),
+                        axis_weights={"interruption": 3.0, "turn": 1.0, "pause": 1.0, "backchannel": 1.0})
 
     envs = vector_cls([make for _ in range(3)])
     try:
         obs, infos = envs.reset(seed=[1, 2, 3])
         assert obs.shape == (3, 8)
+        assert [p.frames for p in infos["forced_prefix"]] == list(infos["forced_frames"])
         finished = 0
         for _ in range(250):
             obs, rewards, term, trunc, infos = envs.step(envs.action_space.sample())
