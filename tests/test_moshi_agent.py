@@ -16,6 +16,7 @@ from duplexgym.agents.baselines import make_agent
 from duplexgym.agents.checkpoint import CheckpointError, load_models, save_checkpoint
 from duplexgym.agents.moshi_agent import MoshiAgent
 from duplexgym.corpora.codec import codec_id, encode, load_mimi
+from duplexgym.envs.replay import ForcedPrefix
 from tests.conftest import REPO
 
 
@@ -30,29 +31,33 @@ def forced_prefix(k: int, seed: int = 1) -> np.ndarray:
     return np.concatenate([rng.integers(4, 32000, (k, 1)), rng.integers(0, 2048, (k, 8))], axis=1)
 
 
+def prefix_info(forced: np.ndarray) -> dict:
+    """Reset info of an episode whose first len(forced) agent frames are forced (as the env gives it)."""
+    k = len(forced)
+    return {"forced_frames": k, "forced_prefix": ForcedPrefix(k, forced, np.zeros(k * 1920, np.float32))}
+
+
 def play(agent: MoshiAgent, obs: np.ndarray, info: dict | None = None, seed: int | None = None) -> np.ndarray:
     agent.reset(info or {}, seed=seed)
     return np.stack([agent.act(o) for o in obs])
 
 
-def test_tiny_weights_are_the_same_in_every_process():
-    def digest(lm):
-        return codec_id_like(lm.state_dict())
-
-    here = digest(checkpoint.build_tiny_lm())
-    code = ("import duplexgym; from duplexgym.agents.checkpoint import build_tiny_lm; "
-            "from tests.test_moshi_agent import codec_id_like; print(codec_id_like(build_tiny_lm().state_dict()))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
-    assert proc.stdout.strip() == here
-
-
-def codec_id_like(state: dict) -> str:
+def weights_digest(state: dict) -> str:
+    """sha256 of a state dict's names and bytes (first 16 hex digits)."""
     import hashlib
 
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode() + state[name].contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def test_tiny_weights_are_the_same_in_every_process():
+    here = weights_digest(checkpoint.build_tiny_lm().state_dict())
+    code = ("import duplexgym; from duplexgym.agents.checkpoint import build_tiny_lm; "
+            "from tests.test_moshi_agent import weights_digest; print(weights_digest(build_tiny_lm().state_dict()))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert proc.stdout.strip() == here
 
 
 def test_checkpoint_round_trip_in_kyutai_layout(tmp_path):
@@ -78,7 +83,7 @@ def test_checkpoint_round_trip_in_kyutai_layout(tmp_path):
     with MoshiAgent("tiny", seed=4) as tiny, MoshiAgent(out, seed=4) as loaded:
         assert loaded.text_tokenizer_path == str(out / "tokenizer.model")
         assert loaded.codec_id == tiny.codec_id == codec_id("tiny")
-        for info_ in ({}, {"forced_frames": 5, "forced_action": forced}):
+        for info_ in ({}, prefix_info(forced)):
             assert np.array_equal(play(tiny, obs, info_), play(loaded, obs, info_))
 
     # a bf16 export loads back as float32 (the bf16 values exactly)
@@ -131,6 +136,8 @@ def test_pickled_checkpoints_are_refused_unopened(tmp_path):
     with pytest.raises(CheckpointError, match="model.pt .moshi_name in config.json. is a pickle"):
         load_models(folder)
     assert not marker.exists()
+    pickle.loads(pickle.dumps(_Boom(tmp_path / "control")))  # the bomb is live: unpickling would have shown
+    assert (tmp_path / "control").is_dir()
 
 
 def test_tiny_source_needs_a_tokenizer(monkeypatch, tmp_path):
@@ -170,7 +177,7 @@ def test_forced_prefix_is_returned_and_becomes_the_model_state(k):
     """Frames < k come back exactly as forced, and the LM's state after them does not depend on the
     seed (the model's own streams hold the forced tokens); afterwards the seeds differ."""
     obs, forced = user_codes(k + 20), forced_prefix(k)
-    info = {"forced_frames": k, "forced_action": forced}
+    info = prefix_info(forced)
     logits = {}
     for seed in (1, 2):
         with MoshiAgent("tiny", seed=seed) as agent:
@@ -204,7 +211,7 @@ def test_row_reset_in_a_batch_matches_a_fresh_single_agent():
     fresh one-row agent fed the same frames (exact here at B=2 vs B=1; the contract is per batch size)."""
     n, restart, k = 40, 7, 5
     streams = user_codes(n, seed=3), user_codes(n, seed=4)
-    info = {"forced_frames": k, "forced_action": forced_prefix(k)}
+    info = {"forced_frames": k, "forced_action": forced_prefix(k)}  # the bare-array form is read too
     with MoshiAgent("tiny", batch_size=2, seed=3) as batch:
         batch.reset_batch([{}, {}])
         rows = []
@@ -260,14 +267,45 @@ def test_episodes_in_the_real_env(small_corpus):
     with MoshiAgent.for_env(env, seed=1) as agent:
         obs, reset_info = env.reset(seed=1)
         k = reset_info["forced_frames"]
-        assert k > 1 and reset_info["forced_action"].shape == (k, 9)
+        forced = reset_info["forced_prefix"].action
+        assert k > 1 and forced.shape == (k, 9)
         agent.reset(reset_info)
         actions, done = [], False
         while not done:
             actions.append(agent.act(obs))
             obs, _, done, _, info = env.step(actions[-1])
-        assert np.array_equal(np.stack(actions[:k]), reset_info["forced_action"])
+        assert np.array_equal(np.stack(actions[:k]), forced)
         assert "interruption" in info["reward_terms"]["terms"]
+
+
+def test_batched_agent_drives_a_vector_env(small_corpus):
+    """Two envs in a gymnasium vector env (next-step autoreset): the agent resets the rows whose
+    episode ended, from the vector env's info dict; forced prefixes come back exactly per row."""
+    def make():
+        return gym.make("duplexgym/Interactivity-v0", corpus=str(small_corpus),
+                        axis_weights={"interruption": 3.0, "turn": 1.0, "pause": 0.0, "backchannel": 0.0})
+
+    envs = gym.vector.SyncVectorEnv([make, make])
+    with MoshiAgent.for_env(envs.envs[0], batch_size=2, seed=0) as agent:
+        obs, infos = envs.reset(seed=[3, 4])
+        agent.reset_batch(infos)
+        prefixes = [p.action for p in infos["forced_prefix"]]
+        assert any(len(p) for p in prefixes)
+        first_episode, ended, restart = [[], []], np.zeros(2, bool), np.zeros(2, bool)
+        while not ended.all():
+            act = agent.act_batch(obs)
+            assert all(envs.single_action_space.contains(a) for a in act)
+            for r in np.flatnonzero(~ended):
+                first_episode[r].append(act[r])
+            obs, _, term, trunc, infos = envs.step(act)
+            if restart.any():  # next-step autoreset: this step reset those rows (their actions were ignored)
+                agent.reset_batch(infos, mask=restart)
+            restart = term | trunc
+            ended |= restart
+        for r in range(2):
+            k = len(prefixes[r])
+            assert np.array_equal(np.array(first_episode[r][:k], dtype=np.int64).reshape(k, 9), prefixes[r])
+    envs.close()
 
 
 def test_a_corpus_of_another_codec_is_refused():
