@@ -117,6 +117,14 @@ BASELINES = {"silent": SilentAgent, "talk": TalkAgent, "oracle": OracleAgent}
 def make_agent(name: str, env) -> object:
     """A baseline agent for ``env`` (a DuplexReplayEnv or a wrapper of one)."""
     base = env.unwrapped
+    if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
+        from duplexgym.agents.moshi_agent import MoshiAgent
+
+        return MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
+    if name == "vad":  # the rule-based turn-taker (agents/vad_agent.py) also needs the observation mode
+        from duplexgym.agents.vad_agent import VadAgent
+
+        return VadAgent(base.corpus, base.action_mode, base.reward_spec.activity, obs_mode=base.obs_mode)
     if name not in BASELINES:
-        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}")
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}, vad, moshi, moshi:CHECKPOINT_DIR")
     return BASELINES[name](base.corpus, base.action_mode, base.reward_spec.activity)

@@ -65,6 +65,21 @@ def _print_summary(summary: dict, as_json: bool) -> None:
         print(f"  {axis:<13}{entry['episodes']:>5} episodes  reward {entry['reward_mean']:+.3f}  {extra}")
 
 
+def _eval(args) -> int:
+    from duplexgym.agents.evaluate import evaluate, format_table
+
+    summary = evaluate(args.corpus, args.agent, per_axis=args.per_axis, seed=args.seed,
+                       obs_mode=args.obs_mode or "waveform", action_mode=args.action_mode or "waveform",
+                       rewards=args.rewards, export=args.export, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(format_table([summary]))
+        if args.export:
+            print(f"exported {summary['episodes']} episodes in Full-Duplex-Bench v1 layout to {args.export}")
+    return 0
+
+
 def _rescore(args) -> int:
     from duplexgym.agents.replay import rescore
 
@@ -113,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     roll = sub.add_parser("rollout", help="run an agent in an env and save the episode records")
     roll.add_argument("--env", required=True, help="e.g. duplexgym/TurnTaking-v0")
     roll.add_argument("--corpus", required=True)
-    roll.add_argument("--agent", required=True, help="silent | talk | oracle")
+    roll.add_argument("--agent", required=True, help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR")
     roll.add_argument("--episodes", type=int, required=True)
     roll.add_argument("--seed", type=int, default=0)
     roll.add_argument("--out", required=True)
@@ -123,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--json", action="store_true")
     roll.add_argument("--quiet", action="store_true")
     roll.set_defaults(func=_rollout)
+
+    ev = sub.add_parser("eval", help="an agent over every segment, as a Full-Duplex-Bench v1 table")
+    ev.add_argument("--corpus", required=True)
+    ev.add_argument("--agent", required=True, help="silent | talk | oracle | vad")
+    ev.add_argument("--per-axis", dest="per_axis", type=int, default=None,
+                    help="at most N segments per axis, drawn with --seed (default: all)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None,
+                    help="default waveform")
+    ev.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None,
+                    help="default waveform")
+    ev.add_argument("--rewards", default=None, help="reward spec YAML")
+    ev.add_argument("--export", default=None, help="also write the episodes in Full-Duplex-Bench v1 layout here")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_eval)
 
     res = sub.add_parser("rescore", help="recompute rewards of saved episodes under a reward spec")
     res.add_argument("episodes", help="a folder of episode records (or one record)")

@@ -1,0 +1,348 @@
+"""Episodes written in Full-Duplex-Bench v1's folder layout (``duplexgym eval --export DIR``).
+
+The official scorers (DanielLin94144/Full-Duplex-Bench, ``v1_v1.5/evaluation/``, commit d7336bd)
+and our own ``fdb1`` source (:mod:`duplexgym.corpora.sources.fdb1`) both read what this writes::
+
+    DIR/export.json                                    the eval summary; sample -> segment id
+    DIR/duplexgym_pause_handling/{n}/pause.json         [{"text": "[PAUSE]", "timestamp": [start, end]}]
+    DIR/duplexgym_turn_taking/{n}/turn_taking.json      [{"text": "[TURN-TAKING]", "timestamp": [turn end, response]}]
+    DIR/duplexgym_user_interruption/{n}/interrupt.json  [{"context", "interrupt", "timestamp": [onset, end]}]
+    DIR/duplexgym_backchannel/aggregated_all_data.json  {"n": [[start, end], ...]}: the human backchannels
+    DIR/duplexgym_backchannel/icc_gt_distribution.json  {"n": [...]}: their 0.2 s histogram (official scorer)
+    DIR/{task}/{n}/input.wav     the user track, mono 16 kHz PCM_16
+    DIR/{task}/{n}/output.wav    the agent's audio, mono 16 kHz PCM_16, same length, time-aligned
+    DIR/{task}/{n}/transcription.json  the user's timed words [{"text", "timestamp"}], when known
+    DIR/{task}/{n}/listen.wav    stereo 24 kHz PCM_16: user left, agent right (for listening)
+    DIR/{task}/{n}/timeline.png  voice activity over time, the events marked, the reward written
+    DIR/{task}/{n}/episode.json  segment id, reward, reward_terms, event times, spans
+
+Decisions, each forced by what the official scripts do:
+
+- **16 kHz.** ``eval_backchannel.py`` runs silero's ``get_speech_timestamps`` on ``output.wav``
+  without a sample rate, so silero assumes 16 kHz: any other rate gives wrong times. The ASR step
+  (``get_transcript/asr.py``, parakeet) reads any rate; the benchmark's own inputs are 16 kHz.
+  Both tracks are resampled from 24 kHz with soxr (``n_frames * 1280`` samples each), so
+  ``output.wav`` is exactly as long as ``input.wav`` and aligned with it.
+- **Sample folders are numbered** 1, 2, ... per task (manifest order): ``eval_backchannel.py``
+  skips every folder whose name is not all digits. ``episode.json`` and ``export.json`` map them
+  back to segment ids.
+- **No files beside the sample folders** of the pause and turn-taking tasks:
+  ``eval_pause_handling.py`` and ``eval_smooth_turn_taking.py`` call ``os.listdir`` on every
+  entry of the task folder. The backchannel scorer only looks at digit folders, so the two
+  backchannel files live in its task folder. It reads ``./icc_gt_distribution.json`` from the
+  working directory: run it from ``DIR/duplexgym_backchannel`` (``--root_dir .``) or copy that
+  file over the official one, so our human backchannels are the reference.
+- **Task folder names** contain the official markers (``pause_handling``, ``turn_taking``,
+  ``backchannel``, ``interrupt``), so :func:`~duplexgym.corpora.sources.fdb1.task_axis` maps them
+  back to the axis; ``--task`` of the official ``evaluate.py`` is given per folder anyway.
+- **Times** are seconds from the start of ``input.wav`` (the segment start), rounded to 0.1 ms.
+  The turn-taking entry's second number (ignored by every reader) is the human reference's
+  response onset when known, else the turn end. A pause segment's later turn end has no place in
+  the format and is only in ``episode.json``. Interruption texts come from the segment's
+  ``texts`` (fdb1 sources) or else from its user words (context: words before the onset).
+- ``output.wav`` is the agent channel as the env scored it: in interruption episodes it begins
+  with the forced prefix (the human reference the env played as the agent); the official
+  transcription crops at the interruption end, so that prefix is never scored. In tokens mode
+  the audio is decoded from the agent's Mimi codes with the env's codec.
+- ``output.json`` (the ASR words every official scorer needs) is **not** written: run the
+  official ``asr.py`` on the folder first (it needs a GPU and the parakeet model).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from duplexgym import AXES
+from duplexgym.corpora.dialogue import FRAME_S, SAMPLE_RATE
+
+#: The folder of each axis (official markers inside, see the module docstring).
+TASK_FOLDERS = {
+    "pause": "duplexgym_pause_handling",
+    "turn": "duplexgym_turn_taking",
+    "backchannel": "duplexgym_backchannel",
+    "interruption": "duplexgym_user_interruption",
+}
+#: Rate of input.wav / output.wav (silero in the official backchannel scorer assumes it).
+FDB_RATE_HZ = 16_000
+#: Rate of listen.wav (duplexgym's own rate).
+LISTEN_RATE_HZ = SAMPLE_RATE
+#: The per-axis annotation file (backchannel: the task-level files).
+ANNOTATION_FILES = {"pause": "pause.json", "turn": "turn_taking.json", "interruption": "interrupt.json"}
+HUMAN_BACKCHANNELS_NAME = "aggregated_all_data.json"
+GT_DISTRIBUTION_NAME = "icc_gt_distribution.json"
+MARKER_NAME = "export.json"
+TIME_DECIMALS = 4
+
+
+class FdbExporter:
+    """Writes episodes one by one (:meth:`add`), then the task-level files (:meth:`finish`).
+
+    ``out``: a new or empty folder, or an earlier export (its task folders are replaced); any
+    other non-empty folder is refused, so nothing of the user's is ever deleted.
+    """
+
+    def __init__(self, out: str | Path, corpus):
+        self.out, self.corpus = Path(out), corpus
+        if self.out.exists():
+            if not self.out.is_dir():
+                raise ValueError(f"--export {self.out}: exists and is not a folder; pass a new or empty folder")
+            if any(self.out.iterdir()) and not (self.out / MARKER_NAME).is_file():
+                raise ValueError(f"--export {self.out}: the folder is not empty and holds no {MARKER_NAME} of an "
+                                 "earlier export; pass a new or empty folder")
+            for name in TASK_FOLDERS.values():
+                if (self.out / name).is_dir():
+                    shutil.rmtree(self.out / name)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._count = {axis: 0 for axis in AXES}
+        self._human_backchannels: dict[str, list] = {}
+        self._gt: dict[str, list] = {}
+        self.samples: list[dict] = []
+
+    def add(self, record, reward_terms: dict) -> Path:
+        """Write one finished episode (``EpisodeRecord``; ``reward_terms`` as the env returned
+        them); returns its sample folder."""
+        from duplexgym.corpora.audio import resample
+        from duplexgym.rewards.activity import agent_audio
+        from duplexgym.rewards.fdb import backchannel_histogram
+
+        seg = record.segment
+        axis = seg.axis
+        self._count[axis] += 1
+        sample = str(self._count[axis])
+        folder = self.out / TASK_FOLDERS[axis] / sample
+        folder.mkdir(parents=True)
+        n = seg.n_frames
+        user = np.asarray(self.corpus.audio(seg)[0], dtype=np.float32)
+        agent = np.asarray(agent_audio(record), dtype=np.float32)
+        if user.shape != agent.shape:
+            raise ValueError(f"episode {seg.id}: user audio {user.shape} and agent audio {agent.shape} differ")
+        n16 = len(user) * FDB_RATE_HZ // SAMPLE_RATE
+        for name, track in (("input.wav", user), ("output.wav", agent)):
+            _write_wav(folder / name, _fit(resample(track, SAMPLE_RATE, FDB_RATE_HZ), n16), FDB_RATE_HZ)
+        _write_wav(folder / "listen.wav", np.stack([user, agent], axis=1), LISTEN_RATE_HZ)
+
+        events = event_times(seg)
+        if axis in ANNOTATION_FILES:
+            (folder / ANNOTATION_FILES[axis]).write_text(json.dumps(annotation(seg), indent=1) + "\n")
+        else:
+            spans = [list(x) for x in events.get("backchannels_s", [])]
+            self._human_backchannels[sample] = spans
+            self._gt[sample] = backchannel_histogram([tuple(x) for x in spans], n * FRAME_S).tolist()
+        words = _user_words(seg)
+        if words is not None:
+            (folder / "transcription.json").write_text(json.dumps(words, indent=1) + "\n")
+
+        agent_spans = [tuple(x) for x in reward_terms.get("agent_speech_s", [])]
+        user_spans = _rel_spans(seg, seg.user_spans_s) if seg.user_spans_s is not None else None
+        if user_spans is None:
+            from duplexgym.corpora.vad import SCORING_BLOCKING, speech_spans
+
+            user_spans = [(round(a, TIME_DECIMALS), round(b, TIME_DECIMALS))
+                          for a, b in speech_spans([user], blocking=SCORING_BLOCKING)[0]]
+        reference = _rel_spans(seg, seg.reference_spans_s) if seg.reference_spans_s else []
+        forced_s = record.forced_frames * FRAME_S
+        write_timeline(folder / "timeline.png", n * FRAME_S, user_spans=user_spans, agent_spans=agent_spans,
+                       reference_spans=reference, forced_s=forced_s, events=events,
+                       reward=float(reward_terms["reward"]))
+        info = {
+            "segment": seg.id, "axis": axis, "task": TASK_FOLDERS[axis], "sample": sample,
+            "reward": reward_terms["reward"], "reward_terms": reward_terms,
+            "duration_s": round(n * FRAME_S, TIME_DECIMALS), "events_s": events,
+            "forced_prefix_s": round(forced_s, TIME_DECIMALS),
+            "user_spans_s": [list(x) for x in user_spans], "agent_speech_s": [list(x) for x in agent_spans],
+            "reference_spans_s": [list(x) for x in reference],
+            "files": {"input.wav": f"user, mono {FDB_RATE_HZ} Hz", "output.wav": f"agent, mono {FDB_RATE_HZ} Hz",
+                      "listen.wav": f"user left, agent right, {LISTEN_RATE_HZ} Hz"},
+            "timeline.png": "rows: user (blue), agent (orange; dark: forced prefix), human reference (grey); "
+                            "red line: the event, purple: its end; grid: 1 s; text: the episode reward",
+        }
+        (folder / "episode.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        self.samples.append({"task": TASK_FOLDERS[axis], "sample": sample, "segment": seg.id, "axis": axis})
+        return folder
+
+    def finish(self, summary: dict | None = None) -> None:
+        """Write the backchannel task files and ``export.json``."""
+        if self._human_backchannels:
+            task = self.out / TASK_FOLDERS["backchannel"]
+            (task / HUMAN_BACKCHANNELS_NAME).write_text(json.dumps(self._human_backchannels, indent=1) + "\n")
+            (task / GT_DISTRIBUTION_NAME).write_text(json.dumps(self._gt) + "\n")
+        marker = {"format": "Full-Duplex-Bench v1", "rate_hz": FDB_RATE_HZ, "summary": summary,
+                  "samples": self.samples}
+        (self.out / MARKER_NAME).write_text(json.dumps(marker, indent=1, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- annotations
+
+
+def _t(seg, t_s: float | None) -> float | None:
+    """Dialogue seconds -> seconds from the segment start, rounded, never negative."""
+    return None if t_s is None else round(max(0.0, t_s - seg.start_s), TIME_DECIMALS) + 0.0
+
+
+def _rel_spans(seg, spans) -> list[tuple[float, float]]:
+    end = seg.n_frames * FRAME_S
+    out = []
+    for a, b in spans or ():
+        a, b = _t(seg, a), min(_t(seg, b), round(end, TIME_DECIMALS))
+        if b > a:
+            out.append((a, b))
+    return out
+
+
+def event_times(seg) -> dict:
+    """The segment's anchors in seconds from its start (what the annotations hold)."""
+    out = {"event_s": _t(seg, seg.event_s)}
+    for key in ("pause_end_s", "turn_end_s", "response_s", "interruption_end_s", "reference_stop_s"):
+        value = getattr(seg, key)
+        if value is not None:
+            out[key] = _t(seg, value)
+    if seg.backchannels_s is not None:
+        out["backchannels_s"] = [list(x) for x in _rel_spans(seg, seg.backchannels_s)]
+    return out
+
+
+def annotation(seg) -> list[dict]:
+    """The official annotation entry list of a pause, turn or interruption segment."""
+    ev = _t(seg, seg.event_s)
+    if seg.axis == "pause":
+        return [{"text": "[PAUSE]", "timestamp": [ev, _t(seg, seg.pause_end_s)]}]
+    if seg.axis == "turn":
+        second = _t(seg, seg.response_s) if seg.response_s is not None else ev
+        return [{"text": "[TURN-TAKING]", "timestamp": [ev, second]}]
+    if seg.axis == "interruption":
+        end = _t(seg, seg.interruption_end_s)
+        texts = seg.texts or {}
+        words = seg.user_words or ()
+        interrupt = texts.get("interrupt")
+        if interrupt is None:
+            interrupt = " ".join(w["text"] for w in words if seg.event_s - 0.1 <= w["start_s"] < seg.interruption_end_s)
+        context = texts.get("context")
+        if context is None:
+            context = " ".join(w["text"] for w in words if w["start_s"] < seg.event_s - 0.1)
+        return [{"context": context, "interrupt": interrupt, "timestamp": [ev, end]}]
+    raise ValueError(f"segment {seg.id}: axis {seg.axis!r} has no per-sample annotation file")
+
+
+def _user_words(seg) -> list[dict] | None:
+    """The user's words inside the segment as a flat ``[{"text", "timestamp"}]`` list, or None."""
+    if seg.user_words is None:
+        return None
+    end = round(seg.n_frames * FRAME_S, TIME_DECIMALS)
+    out = []
+    for w in seg.user_words:
+        if w["start_s"] < seg.start_s or w["start_s"] - seg.start_s >= end:
+            continue
+        a = _t(seg, w["start_s"])
+        out.append({"text": w["text"], "timestamp": [a, max(a, min(_t(seg, w["end_s"]), end))]})
+    return out
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    return x[:n] if len(x) >= n else np.concatenate([x, np.zeros(n - len(x), dtype=x.dtype)])
+
+
+def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
+    sf.write(str(path), np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
+
+
+# ----------------------------------------------------------------------------- timeline.png
+
+#: 3x5 pixel glyphs (rows top to bottom, 3 bits each) for the reward.
+_GLYPHS = {
+    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 7, 1, 7),
+    "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1),
+    "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7), "+": (0, 2, 7, 2, 0), "-": (0, 0, 7, 0, 0),
+    ".": (0, 0, 0, 0, 2), " ": (0, 0, 0, 0, 0),
+}
+_PX_PER_S = 100
+_SCALE = 3  # glyph pixel size
+_BG, _GRID = (255, 255, 255), (225, 225, 225)
+_USER, _AGENT, _FORCED, _REFERENCE = (66, 133, 244), (245, 150, 30), (150, 80, 0), (150, 150, 150)
+_EVENT, _EVENT_END, _TEXT = (220, 30, 30), (150, 40, 200), (20, 20, 20)
+_TEXT_H, _ROW_H, _REF_H, _GAP = 5 * _SCALE + 8, 22, 10, 4
+
+
+def write_timeline(path: Path, duration_s: float, *, user_spans, agent_spans, reference_spans=(), forced_s=0.0,
+                   events: dict | None = None, reward: float | None = None) -> None:
+    """A PNG of voice activity over ``duration_s``: rows user, agent, human reference; vertical
+    lines at the event (red) and its end (purple); a 1 s grid; the reward written top left."""
+    width = max(120, int(np.ceil(duration_s * _PX_PER_S)) + 1)
+    rows = [(_TEXT_H, None), (_ROW_H, "user"), (_ROW_H, "agent"), (_REF_H, "reference")]
+    height = sum(h for h, _ in rows) + _GAP * (len(rows) + 1)
+    img = np.empty((height, width, 3), dtype=np.uint8)
+    img[:] = _BG
+    for s in range(int(duration_s) + 1):
+        img[:, _x(s), :] = _GRID
+    y = _GAP
+    for h, name in rows:
+        if name == "user":
+            _spans(img, y, h, user_spans, _USER)
+        elif name == "agent":
+            _spans(img, y, h, agent_spans, _AGENT)
+            if forced_s > 0:
+                _spans(img, y, h, [(0.0, forced_s)], _FORCED, only_over=_AGENT)
+        elif name == "reference":
+            _spans(img, y, h, reference_spans, _REFERENCE)
+        y += h + _GAP
+    events = events or {}
+    top = _TEXT_H + _GAP
+    if events.get("event_s") is not None:
+        img[top:, _x(events["event_s"]) : _x(events["event_s"]) + 2] = _EVENT
+    for key in ("pause_end_s", "interruption_end_s"):
+        if events.get(key) is not None:
+            img[top:, _x(events[key]) : _x(events[key]) + 2] = _EVENT_END
+    for a, _ in events.get("backchannels_s", []):
+        img[top:, _x(a) : _x(a) + 2] = _EVENT
+    if reward is not None:
+        _text(img, _GAP, _GAP, f"{reward:+.3f}")
+    write_png(path, img)
+
+
+def _x(t_s: float) -> int:
+    return max(0, int(round(t_s * _PX_PER_S)))
+
+
+def _spans(img, y, h, spans, color, only_over=None) -> None:
+    for a, b in spans:
+        lo, hi = _x(a), max(_x(a) + 1, _x(b))
+        block = img[y : y + h, lo:hi]
+        if only_over is None:
+            block[:] = color
+        else:
+            mask = (block == np.array(only_over, dtype=np.uint8)).all(axis=-1)
+            block[mask] = color
+
+
+def _text(img, x, y, text: str) -> None:
+    for ch in text:
+        for r, bits in enumerate(_GLYPHS.get(ch, _GLYPHS[" "])):
+            for c in range(3):
+                if bits >> (2 - c) & 1:
+                    img[y + r * _SCALE : y + (r + 1) * _SCALE, x + c * _SCALE : x + (c + 1) * _SCALE] = _TEXT
+        x += 4 * _SCALE
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an 8-bit RGB image ``[H, W, 3]`` as a PNG (zlib + struct, no imaging library)."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"write_png: expected an [H, W, 3] image, got shape {rgb.shape}")
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in rgb)  # filter type 0 on every scanline
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
+                           + chunk(b"IEND", b""))
