@@ -16,3 +16,4 @@ test: setup
 bench: setup
 	.venv/bin/python benchmarks/corpus_build.py
 	.venv/bin/python benchmarks/env_step.py
+	.venv/bin/python benchmarks/rollout.py
