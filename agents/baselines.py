@@ -115,12 +115,15 @@ BASELINES = {"silent": SilentAgent, "talk": TalkAgent, "oracle": OracleAgent}
 
 
 def make_agent(name: str, env) -> object:
-    """A baseline agent for ``env`` (a DuplexReplayEnv or a wrapper of one)."""
+    """The agent ``name`` for ``env`` (a DuplexReplayEnv or a wrapper of one). A Moshi agent also
+    sets the env's text tokenizer to its own, so records carry its decoded text."""
     base = env.unwrapped
     if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
         from duplexgym.agents.moshi_agent import MoshiAgent
 
-        return MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
+        agent = MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
+        base.set_text_tokenizer(agent.text_tokenizer_path)
+        return agent
     if name == "vad":  # the rule-based turn-taker (agents/vad_agent.py) also needs the observation mode
         from duplexgym.agents.vad_agent import VadAgent
 

@@ -149,6 +149,8 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
             bar.update()
     if bar:
         bar.close()
+    if hasattr(agent_obj, "close"):
+        agent_obj.close()
     env.close()
     summary = summarize_eval(agent, results)
     summary.update({"corpus": str(corpus), "seed": seed, "per_axis": per_axis, "obs_mode": obs_mode,

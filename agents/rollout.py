@@ -74,6 +74,8 @@ def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int,
             bar.update()
     if bar:
         bar.close()
+    if hasattr(agent, "close"):
+        agent.close()
     summary = {**summarize(results), "agent": agent_name, "env": env_id, "seed": seed, "out": str(out)}
     (out / "rollout.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary

@@ -156,11 +156,9 @@ class DuplexReplayEnv(gym.Env):
             raise ValueError("a vad reward reader in tokens mode needs a codec to decode the agent's tokens; pass codec=")
         self.env_id = env_id
         self.record_dir = None if record_dir is None else Path(record_dir)
-        self.text_tokenizer = None if text_tokenizer is None else str(text_tokenizer)
-        if self.text_tokenizer is not None:
-            from duplexgym.rewards.text import load_tokenizer
-
-            load_tokenizer(self.text_tokenizer)  # a bad path fails here, not at an episode's end
+        self.text_tokenizer = None
+        if text_tokenizer is not None:
+            self.set_text_tokenizer(text_tokenizer)
 
         by_axis = {a: self.corpus.select((a,), segments) for a in axes}
         self._by_axis = {a: s for a, s in by_axis.items() if s}
@@ -368,6 +366,16 @@ class DuplexReplayEnv(gym.Env):
         )
 
     # -- records ------------------------------------------------------------------------------
+
+    def set_text_tokenizer(self, path: str | Path) -> None:
+        """Decode the agent's text stream with this SentencePiece model from the next episode on
+        (an agent that brings its own tokenizer, e.g. Moshi's, calls it)."""
+        from duplexgym.rewards.text import load_tokenizer
+
+        load_tokenizer(str(path))  # a bad path fails here, not at an episode's end
+        self.text_tokenizer = str(path)
+        if hasattr(self, "_config"):
+            self._config = self.config()
 
     def config(self) -> dict:
         """What it takes to rebuild this env for a replay (JSON-ready)."""

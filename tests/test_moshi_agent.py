@@ -315,3 +315,24 @@ def test_a_corpus_of_another_codec_is_refused():
         with pytest.raises(ValueError, match="records no codec"):
             agent.check_codec(None)
         agent.check_codec(codec_id("tiny"))
+
+
+def test_rollout_cli_with_the_tiny_moshi_records_its_text(small_corpus, tmp_path):
+    """``duplexgym rollout --agent moshi``: records carry the agent's decoded text, and replay."""
+    import json
+    import subprocess
+    import sys
+
+    from duplexgym.agents.replay import replay_check
+    from duplexgym.rewards.record import EpisodeRecord
+
+    proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "rollout", "--env", "duplexgym/TurnTaking-v0",
+                           "--corpus", str(small_corpus), "--agent", "moshi", "--episodes", "2", "--seed", "1",
+                           "--out", str(tmp_path), "--json", "--quiet"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["episodes"] == 2
+    record_path = sorted((tmp_path / "episodes").glob("*.json"))[0]
+    record = EpisodeRecord.load(record_path)
+    assert record.env["text_tokenizer"] and record.agent_text is not None
+    assert (record.agent_text == "") == (record.agent_words == ())
+    assert replay_check(record_path)["ok"]
