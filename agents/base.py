@@ -20,3 +20,36 @@ class Agent(Protocol):
     def reset(self, info: dict) -> None: ...
 
     def act(self, observation: np.ndarray) -> np.ndarray: ...
+
+
+def row_infos(infos: dict, batch: int) -> list[dict]:
+    """Per-env reset infos out of a Gymnasium vector env's merged info dict (``_key`` masks and
+    ``final_*`` entries dropped)."""
+    keys = [k for k in infos if not k.startswith("_") and k not in ("final_obs", "final_info")]
+    return [{k: infos[k][i] for k in keys} for i in range(batch)]
+
+
+class PerRowBatch:
+    """The batched protocol over one single-row agent per vector-env row (for agents without a
+    batched model, such as the baselines): ``reset_batch(infos, mask)`` / ``act_batch(obs)``."""
+
+    def __init__(self, agents: list):
+        if not agents:
+            raise ValueError("PerRowBatch needs at least one agent")
+        self.agents = list(agents)
+        self.batch_size = len(self.agents)
+        self.name = getattr(self.agents[0], "name", "agent")
+
+    def reset_batch(self, infos, mask=None) -> None:
+        """Reset the rows where ``mask`` is true (all when None); ``infos``: a list of per-row
+        infos or a vector env's merged info dict."""
+        if isinstance(infos, dict):
+            infos = row_infos(infos, self.batch_size)
+        rows = np.ones(self.batch_size, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        for agent, info, reset in zip(self.agents, infos, rows):
+            if reset:
+                agent.reset(info)
+
+    def act_batch(self, observations: np.ndarray) -> np.ndarray:
+        """``[B, ...]`` observations -> ``[B, ...]`` actions, row by row."""
+        return np.stack([agent.act(obs) for agent, obs in zip(self.agents, observations)])

@@ -30,6 +30,8 @@ import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from duplexgym.agents.base import row_infos  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "rollout.json"
 FRAME_RATE = 12.5
 
@@ -40,12 +42,6 @@ def corpus_dir() -> Path:
     out = Path(tempfile.gettempdir()) / "duplexgym-bench-corpus-8-tiny"
     build_corpus("synthetic", out, BuildOptions(dialogues=8, codec="tiny"))
     return out
-
-
-def row_infos(infos: dict, batch: int) -> list[dict]:
-    """Per-env reset infos out of a vector env's merged info dict."""
-    keys = [k for k in infos if not k.startswith("_") and k not in ("final_obs", "final_info")]
-    return [{k: infos[k][i] for k in keys} for i in range(batch)]
 
 
 def run(corpus: Path, batch: int, steps: int, seed: int = 0) -> dict:

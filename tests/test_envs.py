@@ -235,3 +235,26 @@ def test_record_dir_saves_each_finished_episode(small_corpus, tmp_path):
     assert saved.segment.id == info["segment"] and saved.rewards.tobytes() == rewards.tobytes()
     run_episode(env)
     assert len(list(tmp_path.glob("*.json"))) == 2
+
+
+def test_baselines_batched_over_a_vector_env(small_corpus):
+    """PerRowBatch gives the baselines the batched protocol; each row replays its own episode."""
+    from duplexgym.agents.base import PerRowBatch
+    from duplexgym.agents.baselines import make_agent
+
+    def make():
+        return gym.make("duplexgym/Interactivity-v0", corpus=str(small_corpus))
+
+    envs = gym.vector.SyncVectorEnv([make] * 3, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    agents = PerRowBatch([make_agent("oracle", envs.envs[i]) for i in range(3)])
+    obs, infos = envs.reset(seed=11)
+    agents.reset_batch(infos)
+    rewards = []
+    for _ in range(200):
+        obs, _, term, _, infos = envs.step(agents.act_batch(obs))
+        if term.any():  # same-step autoreset: the finished episodes' infos are merged in final_info
+            final = infos["final_info"]["reward_terms"]
+            rewards += [float(r) for r, done in zip(final["reward"], final["_reward"]) if done]
+            agents.reset_batch(infos, mask=term)
+    envs.close()
+    assert len(rewards) >= 3
