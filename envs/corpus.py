@@ -1,7 +1,7 @@
 """A built corpus opened for replay: its segments, and their audio and codes on demand.
 
-Arrays are read once per segment and kept (``cache_segments`` most recently used), so resets
-after the first cost no file I/O. Shapes: audio float32 ``[2, n_frames * 1920]`` (row 0 user,
+Arrays are read once per segment and kept (the ``cache_segments`` most recently used; 64 by
+default, about 120 MB of 10 s segments per env), so resets after the first cost no file I/O. Shapes: audio float32 ``[2, n_frames * 1920]`` (row 0 user,
 row 1 human reference, 24 kHz); codes int16 ``[2, 8, n_frames]``.
 """
 
@@ -21,7 +21,7 @@ from duplexgym.corpora.manifest import Segment, read_manifest
 class ReplayCorpus:
     """Read access to a corpus folder (see ``duplexgym.corpora.build`` for the layout)."""
 
-    def __init__(self, path: str | Path, cache_segments: int = 512):
+    def __init__(self, path: str | Path, cache_segments: int = 64):
         self.path = Path(path)
         if not self.path.is_dir():
             raise SourceError(f"{self.path}: corpus folder not found; build one with `duplexgym corpus build`")
