@@ -1,0 +1,505 @@
+"""GRPO for the tiny streaming Moshi on Ray RLlib's new API stack (first increment).
+
+Four pieces, as in ``shared/RLLIB.md``:
+
+- :class:`GrpoEnvRunner` (a ``SingleAgentEnvRunner`` overriding only ``sample``): per group it picks
+  ONE segment from its own seeded stream, resets its ``G`` sub-envs on it
+  (``options={"segment": id}``), and rolls out the ``G`` episodes with ONE batched
+  :class:`~duplexgym.agents.moshi_agent.MoshiAgent` (``batch_size=G``, LMGen + Mimi streaming) built on
+  the runner's RLModule LM, so weight syncs land in the sampler in place. Each row becomes a
+  ``SingleAgentEpisode``: observations = user codes, actions = agent tokens, the env's reward, the
+  per-step ``forced`` flag in ``extra_model_outputs``, the group id in ``custom_data``.
+- :class:`GrpoConnector` (the learner connector, the only piece): group-normalised advantages
+  (:func:`~duplexgym.agents.grpo_math.group_advantages`), a zero-padded ``[B, ., T]`` batch of whole
+  episodes in model-frame order (:func:`~duplexgym.agents.logprobs.episode_model_frames`), the loss
+  mask (padding and forced frames out), and the old / reference log-probs under ``no_grad``.
+- :class:`GrpoRLModule`: the LM (trained) and a frozen reference LM (never sent to the runners);
+  ``_forward_train`` computes teacher-forced log-probs (:func:`~duplexgym.agents.logprobs.token_logprobs`).
+- :class:`GrpoLearner` (``TorchLearner``): :func:`~duplexgym.agents.grpo_math.grpo_loss`, Adam.
+
+:class:`GrpoAlgorithm` drives it: sample on the runners, one learner update, weight sync.
+:func:`train_grpo` runs it on a local Ray and returns per-iteration metrics.
+
+Old log-probs: the text stream's are the sampler's own, recorded per step as ``ACTION_LOGP`` (the
+runner wraps the agent's text-logits hook); the audio streams' (unused with
+``update_streams="text"``) are teacher-forced under the learner's weights at the start of the
+update. The learner reports ``sampler_logp_gap``, the largest gap between the sampler's text
+log-probs and the teacher-forced ones under the learner's weights: ~1e-6 when the runners sample
+with the synced weights. Frames whose token a teacher-forced pass puts outside its top-k (the
+reference's, mostly: ``-inf``, an infinite k3 KL) are left out of the loss and counted
+(``nonfinite_frames``, ``ref_outside_topk_frames``). One update (one epoch, one minibatch) runs
+per iteration.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from gymnasium import spaces  # noqa: E402
+
+import duplexgym  # noqa: E402,F401  (registers the envs)
+from duplexgym.agents.checkpoint import (  # noqa: E402
+    MoshiModels, TINY_SPEC, build_tiny_lm, find_text_tokenizer, load_mimi, tiny_lm_kwargs)
+from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss, group_advantages  # noqa: E402
+from duplexgym.agents.logprobs import sampled_logprob, token_logprobs  # noqa: E402
+
+from ray.rllib.algorithms.algorithm import Algorithm  # noqa: E402
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig  # noqa: E402
+from ray.rllib.connectors.connector_v2 import ConnectorV2  # noqa: E402
+from ray.rllib.connectors.learner import NumpyToTensor  # noqa: E402
+from ray.rllib.core import DEFAULT_MODULE_ID  # noqa: E402
+from ray.rllib.core.columns import Columns  # noqa: E402
+from ray.rllib.core.learner.torch.torch_learner import TorchLearner  # noqa: E402
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI  # noqa: E402
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec  # noqa: E402
+from ray.rllib.core.rl_module.torch import TorchRLModule  # noqa: E402
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner  # noqa: E402
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode  # noqa: E402
+
+ENV_NAME = "duplexgym_grpo_replay"
+#: Batch columns built by :class:`GrpoConnector`.
+AGENT_TOKENS, USER_CODES, LOSS_MASK = "agent_tokens", "user_codes", "loss_mask"
+ADVANTAGES, OLD_LOGP, REF_LOGP, GROUP = "advantages", "old_logp", "ref_logp", "group"
+SAMPLER_GAP = "sampler_logp_gap"  # per row: max |sampler - teacher-forced| text log-prob
+REF_OUTSIDE = "ref_outside_topk_frames"  # per row: of those, frames whose token the reference excludes
+NONFINITE = "nonfinite_frames"  # per row: frames left out for a non-finite old/ref log-prob
+SAMPLER_TEXT_LOGP = "sampler_text_logp"  # [B, T] the sampler's text log-probs (ACTION_LOGP)
+FORCED = "forced"  # per-step extra model output: the env forced this frame
+
+
+def _make_env(cfg: dict):
+    from duplexgym.envs.replay import DuplexReplayEnv
+
+    return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
+                           obs_mode="codes", action_mode="tokens")
+
+
+def _sampler_kwargs(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("temp", "temp_text", "top_k", "top_k_text")}
+
+
+DEFAULT_SAMPLER = {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25}
+
+
+# ------------------------------------------------------------------------------------ RLModule
+
+
+class GrpoRLModule(TorchRLModule, InferenceOnlyAPI):
+    """The tiny Moshi LM as an RLModule; the learner's copy also holds the frozen reference LM."""
+
+    def setup(self):
+        self.lm = build_tiny_lm()
+        if not self.inference_only:
+            self.ref_lm = build_tiny_lm()
+            self.ref_lm.requires_grad_(False)
+
+    def get_non_inference_attributes(self):
+        return ["ref_lm"]
+
+    def sampler(self) -> dict:
+        return {**DEFAULT_SAMPLER, **{k: v for k, v in (self.model_config or {}).items() if k in DEFAULT_SAMPLER}}
+
+    def logprobs(self, lm, batch) -> torch.Tensor:
+        """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``."""
+        lm.eval()  # dropout-free, as the streaming sampler
+        return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), **self.sampler())
+
+    def _forward(self, batch, **kwargs):
+        raise NotImplementedError("GrpoRLModule does not act through RLlib's connectors: GrpoEnvRunner "
+                                  "samples with a streaming MoshiAgent")
+
+    def _forward_train(self, batch, **kwargs):
+        return {"logp": self.logprobs(self.lm, batch)}
+
+
+# ------------------------------------------------------------------------------------ env runner
+
+
+class GrpoEnvRunner(SingleAgentEnvRunner):
+    """Group rollouts: one segment per group, its ``num_envs_per_env_runner`` sub-envs replay it,
+    one batched streaming MoshiAgent acts for all rows. Only ``sample`` is overridden."""
+
+    _agent = None
+    _segment_rng = None
+    _groups_sampled = 0
+
+    def _grpo(self) -> dict:
+        return dict(self.config.env_config["grpo"])
+
+    def _module(self):
+        module = self.module
+        return module[DEFAULT_MODULE_ID] if hasattr(module, "keys") else module
+
+    def _get_agent(self):
+        if self._agent is None:
+            from duplexgym.agents.moshi_agent import MoshiAgent
+
+            grpo = self._grpo()
+            # The agent streams with the RLModule's own LM: weight syncs (load_state_dict, in place)
+            # reach the sampler without rebuilding it.
+            models = MoshiModels(self._module().lm.eval(), load_mimi(TINY_SPEC, "cpu"), find_text_tokenizer(),
+                                 tiny_lm_kwargs(), TINY_SPEC)
+            seed = int(np.random.SeedSequence([grpo["seed"], 1, self.worker_index]).generate_state(1)[0])
+            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **_sampler_kwargs(grpo))
+            self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
+            hook = self._agent.lm_gen.on_text_logits_hook
+            temp_text, top_k_text = float(grpo["temp_text"]), int(grpo["top_k_text"])
+
+            def capture(text_logits, hook=hook):
+                logits = text_logits[:, 0, 0].clone()  # before the agent's sampler edits them
+                hook(text_logits)
+                token = text_logits[:, 0, 0].argmax(dim=-1)  # the only finite logit left
+                self._text_logp = sampled_logprob(logits, token, temp_text, top_k_text).cpu().numpy()
+
+            self._agent.lm_gen.on_text_logits_hook = capture
+            self._segment_rng = np.random.default_rng([grpo["seed"], 2, self.worker_index])
+            from duplexgym.envs.corpus import ReplayCorpus
+
+            corpus = ReplayCorpus(self.config.env_config["corpus"])
+            pool = corpus.select(tuple(self.config.env_config["axes"]), self.config.env_config.get("segments"))
+            self._pool = sorted(s.id for s in pool)
+        return self._agent
+
+    def next_segment(self) -> str:
+        """The next group's segment, from this runner's seeded stream."""
+        return self._pool[int(self._segment_rng.integers(len(self._pool)))]
+
+    def sample(self, *, num_groups: int | None = None, **kwargs) -> list[SingleAgentEpisode]:
+        agent = self._get_agent()
+        n_groups = int(num_groups or self._grpo()["groups_per_runner"])
+        episodes: list[SingleAgentEpisode] = []
+        steps = 0
+        for _ in range(n_groups):
+            group_eps, n = self._sample_group(agent)
+            episodes.extend(group_eps)
+            steps += n
+        self._done_episodes_for_metrics.extend(episodes)
+        self._increase_sampled_metrics(steps, len(episodes))
+        return episodes
+
+    def _sample_group(self, agent):
+        G = self.num_envs
+        segment = self.next_segment()
+        group_id = f"w{self.worker_index}-g{self._groups_sampled}"
+        self._groups_sampled += 1
+        obs, infos = self._try_env_reset(options={"segment": segment})
+        infos = list(infos) if isinstance(infos, (list, tuple)) else _rows(infos, G)
+        assert all(info["segment"] == segment for info in infos), "sub-envs must replay the group's segment"
+        agent.reset_batch(infos)
+        eps = []
+        for r in range(G):
+            e = SingleAgentEpisode(observation_space=self.env.single_observation_space,
+                                   action_space=self.env.single_action_space)
+            e.add_env_reset(observation=np.asarray(obs[r]), infos={k: v for k, v in infos[r].items() if k != "forced_prefix"})
+            e.custom_data.update(group=group_id, segment=segment, axis=infos[r]["axis"],
+                                 forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]))
+            eps.append(e)
+        k = int(infos[0]["forced_frames"])
+        t, done = 0, np.zeros(G, bool)
+        while not done.all():
+            previous = self._text_logp if t > 0 else None  # text of model frame t - 1 = env frame t
+            self._text_logp = None
+            actions = agent.act_batch(np.asarray(obs))
+            obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
+            step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else _rows(step_infos, G)
+            for r in range(G):
+                if done[r]:
+                    continue
+                ended = bool(terms[r] or truncs[r])
+                info = {key: v for key, v in step_infos[r].items() if key in ("frame", "forced", "reward_terms")}
+                eps[r].add_env_step(observation=np.asarray(obs[r]), action=actions[r], reward=float(rewards[r]),
+                                    infos=info, terminated=bool(terms[r]), truncated=bool(truncs[r]),
+                                    extra_model_outputs={FORCED: np.bool_(t < k), Columns.ACTION_LOGP: np.float32(
+                                        previous[r] if previous is not None else 0.0)})
+                done[r] = ended
+            t += 1
+        for e in eps:
+            e.custom_data["reward"] = float(e.get_return())
+        return [e.to_numpy() for e in eps], t * G
+
+    def stop(self):
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
+        super().stop()
+
+
+def _rows(infos: dict, batch: int) -> list[dict]:
+    from duplexgym.agents.base import row_infos
+
+    return row_infos(infos, batch)
+
+
+# ------------------------------------------------------------------------------------ learner connector
+
+
+def build_grpo_batch(episodes: list[dict], normalize_std: bool = True) -> dict[str, np.ndarray]:
+    """The zero-padded learner batch of whole episodes, in model-frame order.
+
+    ``episodes``: per episode ``{"actions": [N, 9], "observations": [N(+1), 8], "forced": [N] bool,
+    "reward": float, "group": hashable}`` (env-frame indexed, ``N`` steps). Model frame ``f`` is env
+    frame ``f + 1`` (:func:`~duplexgym.agents.logprobs.episode_model_frames`), so ``T = N - 1``.
+    Returns ``agent_tokens [B, 9, T]``, ``user_codes [B, 8, T]``, ``loss_mask [B, T]`` (False on
+    padding and on forced frames), ``advantages [B]`` (group-normalised), ``group [B]`` (int ids),
+    ``seq_lens [B]``.
+    """
+    B = len(episodes)
+    lengths = [len(e["actions"]) - 1 for e in episodes]
+    T = max(lengths)
+    tokens = np.zeros((B, 9, T), np.int64)
+    user = np.zeros((B, 8, T), np.int64)
+    mask = np.zeros((B, T), bool)
+    text_logp = np.zeros((B, T), np.float32)
+    for b, e in enumerate(episodes):
+        a = np.asarray(e["actions"], np.int64)  # [N, 9]
+        o = np.asarray(e["observations"], np.int64)[: len(a)]  # [N, 8] user frames fed at steps 0..N-1
+        n = lengths[b]
+        tokens[b, :, :n] = a[1:].T  # model frames 0..N-2 = env frames 1..N-1
+        user[b, :, :n] = o[:-1].T  # user frames fed at steps 0..N-2
+        forced = np.asarray(e["forced"], bool)[1:]  # env frames 1..N-1
+        mask[b, :n] = ~forced
+        if e.get("text_logp") is not None:
+            text_logp[b, :n] = np.asarray(e["text_logp"], np.float32)[1:]
+    keys = {g: i for i, g in enumerate(dict.fromkeys(e["group"] for e in episodes))}
+    groups = np.array([keys[e["group"]] for e in episodes], np.int64)
+    rewards = torch.tensor([float(e["reward"]) for e in episodes], dtype=torch.float64)
+    adv = group_advantages(rewards, torch.from_numpy(groups), normalize_std=normalize_std).numpy().astype(np.float32)
+    return {AGENT_TOKENS: tokens, USER_CODES: user, LOSS_MASK: mask, SAMPLER_TEXT_LOGP: text_logp, ADVANTAGES: adv, GROUP: groups,
+            Columns.SEQ_LENS: np.asarray(lengths, np.int32)}
+
+
+def _episode_record(e: SingleAgentEpisode) -> dict:
+    return {"actions": e.get_actions(), "observations": e.get_observations(),
+            "forced": e.get_extra_model_outputs(FORCED), "text_logp": e.get_extra_model_outputs(Columns.ACTION_LOGP),
+            "reward": e.custom_data["reward"],
+            "group": e.custom_data["group"]}
+
+
+class GrpoConnector(ConnectorV2):
+    """Learner connector: whole episodes -> the padded GRPO batch, with old and reference log-probs."""
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
+        eps = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
+        if not eps:
+            return batch
+        module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
+        cols = build_grpo_batch([_episode_record(e) for e in eps])
+        with torch.no_grad():
+            t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
+            old = module.logprobs(module.lm, t)
+            ref = module.logprobs(module.ref_lm, t)
+        # A token the teacher-forced pass puts outside the top-k (float rounding at the k-th logit)
+        # has no finite ratio: leave its frame out, and count it.
+        # The reference puts a token outside its top-k (its log-prob is -inf: the k3 KL is infinite)
+        # more often as the policy drifts; float rounding at the k-th logit can do it to ``old``.
+        finite = (torch.isfinite(old[:, 0]) & torch.isfinite(ref[:, 0])).numpy()
+        cols[NONFINITE] = (cols[LOSS_MASK] & ~finite).sum(axis=1).astype(np.float32)  # [B]
+        cols[REF_OUTSIDE] = (cols[LOSS_MASK] & ~torch.isfinite(ref[:, 0]).numpy()).sum(axis=1).astype(np.float32)
+        cols[LOSS_MASK] = cols[LOSS_MASK] & finite
+        # The old text log-probs are the sampler's own (ACTION_LOGP); their gap to the teacher-forced
+        # pass under the learner's weights checks that the runners sample with the synced weights.
+        sampler = torch.from_numpy(cols[SAMPLER_TEXT_LOGP])
+        valid = torch.from_numpy(cols[LOSS_MASK]) & torch.isfinite(sampler)
+        gap = torch.where(valid, (sampler - old[:, 0]).abs(), torch.zeros_like(sampler))
+        cols[SAMPLER_GAP] = gap.amax(dim=1).numpy()  # [B]
+        cols[LOSS_MASK] = cols[LOSS_MASK] & torch.isfinite(sampler).numpy()
+        old[:, 0] = torch.where(torch.isfinite(sampler), sampler, old[:, 0])
+        cols[OLD_LOGP] = old.numpy()
+        cols[REF_LOGP] = ref.numpy()
+        batch[DEFAULT_MODULE_ID] = cols
+        if shared_data is not None:
+            shared_data[f"_zero_padded_for_mid={DEFAULT_MODULE_ID}"] = True
+        return batch
+
+
+# ------------------------------------------------------------------------------------ learner
+
+
+class GrpoLearner(TorchLearner):
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        grpo = config.env_config["grpo"]
+        cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=grpo["clip_eps"],
+                         kl_coef=grpo["kl_coef"], update_streams="text")
+        loss, metrics = grpo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[REF_LOGP], batch[ADVANTAGES],
+                                  batch[LOSS_MASK].bool(), cfg)
+        metrics["nonfinite_frames"] = batch[NONFINITE].sum()
+        metrics["ref_outside_topk_frames"] = batch[REF_OUTSIDE].sum()
+        metrics["adv_abs_mean"] = batch[ADVANTAGES].abs().mean()
+        metrics["sampler_logp_gap"] = batch[SAMPLER_GAP].max()
+        self.metrics.log_dict({"grpo_loss": loss.item(), **{k: float(v) for k, v in metrics.items()}},
+                              key=module_id, window=1)
+        return loss
+
+
+# ------------------------------------------------------------------------------------ algorithm
+
+
+class GrpoAlgoConfig(AlgorithmConfig):
+    """``AlgorithmConfig`` of :class:`GrpoAlgorithm`: its RLModule and Learner by default."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or GrpoAlgorithm)
+
+    def get_default_rl_module_spec(self):
+        return RLModuleSpec(module_class=GrpoRLModule)
+
+    def get_default_learner_class(self):
+        return GrpoLearner
+
+
+class GrpoAlgorithm(Algorithm):
+    @classmethod
+    def get_default_config(cls):
+        return GrpoAlgoConfig()
+
+    last_episodes: list = []
+    last_grpo: dict = {}
+
+    def training_step(self):
+        grpo = self.config.env_config["grpo"]
+        remote = self.env_runner_group.num_remote_env_runners() > 0
+        t0 = time.perf_counter()
+        results = self.env_runner_group.foreach_env_runner(
+            lambda r: (r.sample(), r.get_metrics()), local_env_runner=not remote)
+        sample_s = time.perf_counter() - t0
+        episodes = [e for eps, _ in results for e in eps]
+        self.metrics.aggregate([m for _, m in results], key="env_runners")
+        frames = sum(len(e) for e in episodes)
+        t1 = time.perf_counter()
+        learner_results = self.learner_group.update(episodes=episodes, num_epochs=1, minibatch_size=None,
+                                                    timesteps={"num_env_steps_sampled_lifetime": frames})
+        update_s = time.perf_counter() - t1
+        self.metrics.aggregate(learner_results, key="learners")
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        by_axis: dict[str, list] = {}
+        for e in episodes:
+            by_axis.setdefault(e.custom_data["axis"], []).append(e.custom_data["reward"])
+        self.last_episodes = episodes
+        self.last_grpo = {"episodes": len(episodes), "frames": frames, "sample_s": sample_s, "update_s": update_s,
+                          "frames_per_s": frames / sample_s if sample_s > 0 else float("nan"),
+                          "reward_mean": {a: float(np.mean(v)) for a, v in by_axis.items()},
+                          "groups": sorted({e.custom_data["group"] for e in episodes}),
+                          "segments": sorted({e.custom_data["segment"] for e in episodes})}
+        return None
+
+
+def grpo_config(corpus, group_size: int = 4, segments_per_iter: int = 2, lr: float = 1e-4, kl_coef: float = 0.05,
+                clip_eps: float = 0.2, seed: int = 0, axes=("turn",), segments=None, num_env_runners: int = 0,
+                sampler: dict | None = None) -> AlgorithmConfig:
+    """The ``AlgorithmConfig`` of :class:`GrpoAlgorithm` (``segments_per_iter`` groups over all runners)."""
+    from ray.tune.registry import register_env
+
+    from duplexgym.envs.replay import AUDIO_CARD, N_CODEBOOKS, TEXT_CARD
+
+    register_env(ENV_NAME, _make_env)
+    n_runners = max(1, int(num_env_runners))
+    if segments_per_iter % n_runners:
+        raise ValueError(f"segments_per_iter={segments_per_iter} must split evenly over {n_runners} env runners")
+    sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
+    grpo = {"seed": int(seed), "groups_per_runner": segments_per_iter // n_runners, "kl_coef": float(kl_coef),
+            "clip_eps": float(clip_eps), **sampler}
+    env_config = {"corpus": str(corpus), "axes": list(axes), "segments": list(segments) if segments else None,
+                  "grpo": grpo}
+    obs_space = spaces.MultiDiscrete([AUDIO_CARD] * N_CODEBOOKS)
+    act_space = spaces.MultiDiscrete([TEXT_CARD] + [AUDIO_CARD] * N_CODEBOOKS)
+    return (
+        GrpoAlgoConfig()
+        .environment(ENV_NAME, env_config=env_config)
+        .framework("torch")
+        .env_runners(env_runner_cls=GrpoEnvRunner, num_env_runners=int(num_env_runners),
+                     num_envs_per_env_runner=int(group_size), sample_timeout_s=None,
+                     gym_env_vectorize_mode="sync")
+        .learners(num_learners=0, learner_class=GrpoLearner, learner_connector=lambda obs, act: [GrpoConnector(), NumpyToTensor()],
+                  add_default_connectors_to_learner_pipeline=False)
+        .training(lr=lr)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=GrpoRLModule, observation_space=obs_space,
+                                               action_space=act_space, model_config=sampler))
+        .debugging(seed=int(seed))
+    )
+
+
+def train_grpo(corpus, iterations: int, group_size: int = 4, segments_per_iter: int = 2, lr: float = 1e-4,
+               kl_coef: float = 0.05, seed: int = 0, axes=("turn",), num_env_runners: int = 0,
+               ray_temp_dir: str | os.PathLike | None = None, segments=None, clip_eps: float = 0.2,
+               on_iteration=None) -> list[dict]:
+    """Run ``iterations`` GRPO iterations on a local Ray; per-iteration metrics (reward mean per
+    axis, loss, kl, frames/s, ...). ``on_iteration(algo, metrics)`` is called after each one."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        temp = Path(ray_temp_dir or Path("/tmp") / f"duplexgym-ray-{os.getpid()}")
+        temp.mkdir(parents=True, exist_ok=True)
+        ray.init(_temp_dir=str(temp), include_dashboard=False, num_cpus=2, log_to_driver=False,
+                 runtime_env={"env_vars": {"NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                                           "RAY_AUTH_MODE": "disabled"}})
+        started = True
+    algo = None
+    out = []
+    try:
+        algo = grpo_config(corpus, group_size, segments_per_iter, lr, kl_coef, clip_eps, seed, axes, segments,
+                           num_env_runners).build_algo()
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            result = algo.train()
+            learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
+            m = dict(algo.last_grpo)
+            m.update(iteration=i, wall_s=time.perf_counter() - t0,
+                     loss=_num(learner.get("grpo_loss")), kl=_num(learner.get("kl")),
+                     policy_loss=_num(learner.get("policy_loss")), clip_fraction=_num(learner.get("clip_fraction")),
+                     ratio_mean=_num(learner.get("ratio_mean")), tokens=_num(learner.get("tokens")),
+                     nonfinite_frames=_num(learner.get("nonfinite_frames")),
+                     adv_abs_mean=_num(learner.get("adv_abs_mean")),
+                     sampler_logp_gap=_num(learner.get("sampler_logp_gap")),
+                     ref_outside_topk_frames=_num(learner.get("ref_outside_topk_frames")))
+            out.append(m)
+            if on_iteration is not None:
+                on_iteration(algo, m)
+    finally:
+        if algo is not None:
+            algo.stop()
+        if started:
+            ray.shutdown()
+    return out
+
+
+def _num(x) -> float:
+    if x is None:
+        return float("nan")
+    if hasattr(x, "peek"):
+        x = x.peek()
+    return float(x)
+
+
+def text_weights(module) -> dict[str, np.ndarray]:
+    """Copies of an RLModule's (or LM's) text weights, to check that updates and syncs happened."""
+    lm = getattr(module, "lm", module)
+    return {n: p.detach().cpu().numpy().copy() for n, p in lm.named_parameters()
+            if n in ("text_emb.weight", "text_linear.weight")}
+
+
+def runner_text_weights(algo) -> list[dict[str, np.ndarray]]:
+    """:func:`text_weights` of the LM each env runner's MoshiAgent samples with (remote runners,
+    else the local one); asserts the agent streams with the runner's RLModule LM."""
+
+    def read(runner):
+        module = runner._module()
+        if runner._agent is not None:
+            assert runner._agent.lm is module.lm, "the sampler must stream with the RLModule's LM"
+        return text_weights(module)
+
+    remote = algo.env_runner_group.num_remote_env_runners() > 0
+    return algo.env_runner_group.foreach_env_runner(read, local_env_runner=not remote)
+
+
+def learner_text_weights(algo) -> dict[str, np.ndarray]:
+    """:func:`text_weights` of the (local) learner's LM."""
+    return text_weights(algo.learner_group._learner.module[DEFAULT_MODULE_ID])

@@ -1,0 +1,138 @@
+"""GRPO on Ray RLlib (agents/rllib_grpo.py): the padded batch, and the whole loop on a real local Ray."""
+
+import shutil
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+
+from duplexgym.agents import rllib_grpo as rg
+from duplexgym.agents.checkpoint import build_tiny_lm
+from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss
+
+
+def _episode(n, group, reward, forced=0, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"actions": rng.integers(0, 2048, (n, 9)), "observations": rng.integers(0, 2048, (n + 1, 8)),
+            "forced": np.arange(n) < forced, "text_logp": -rng.random(n), "reward": reward, "group": group}
+
+
+def test_batch_masks_padding_and_forced_frames_and_centres_groups():
+    eps = [_episode(10, "a", 1.0, seed=1), _episode(10, "a", 0.0, seed=2), _episode(7, "b", 0.5, forced=4, seed=3),
+           _episode(7, "b", 0.2, forced=4, seed=4), _episode(7, "b", 0.2, forced=4, seed=5)]
+    b = rg.build_grpo_batch(eps)
+    assert b[rg.AGENT_TOKENS].shape == (5, 9, 9) and b[rg.USER_CODES].shape == (5, 8, 9)
+    assert b[rg.LOSS_MASK].shape == (5, 9)
+    # model frame f = env frame f + 1; forced env frames 0..3 -> model frames 0..2 out; padding out
+    assert b[rg.LOSS_MASK][:2].all()
+    assert (b[rg.LOSS_MASK][2:] == (np.arange(9) >= 3) & (np.arange(9) < 6)).all()
+    np.testing.assert_array_equal(b[rg.AGENT_TOKENS][0], eps[0]["actions"][1:].T)
+    np.testing.assert_array_equal(b[rg.USER_CODES][2, :, :6], eps[2]["observations"][:6].T)
+    assert (b[rg.AGENT_TOKENS][2:, :, 6:] == 0).all()  # zero padding
+    adv = b[rg.ADVANTAGES]
+    for g in np.unique(b[rg.GROUP]):
+        assert abs(adv[b[rg.GROUP] == g].mean()) < 1e-6
+    assert adv[0] > 0 > adv[1] and adv[2] > 0
+
+    # what lies outside the mask (padding, forced frames, audio streams) does not reach the loss
+    cfg = GrpoConfig(group_size=2, update_streams="text")
+    new = torch.randn(5, 9, 9, requires_grad=True)
+    old, ref = new.detach() + 0.01, new.detach() - 0.02
+    mask = torch.from_numpy(b[rg.LOSS_MASK])
+    loss, _ = grpo_loss(new, old, ref, torch.from_numpy(adv), mask, cfg)
+    junk = ~mask[:, None, :].expand(5, 9, 9).clone()
+    junk[:, 1:] = True  # audio streams are not updated with update_streams="text"
+    new2 = torch.where(junk, torch.full_like(new, float("nan")), new)
+    old2 = torch.where(junk, torch.full_like(old, float("-inf")), old)
+    loss2, _ = grpo_loss(new2, old2, torch.where(junk, torch.nan, ref), torch.from_numpy(adv), mask, cfg)
+    assert torch.isclose(loss, loss2)
+    loss2.backward()
+    assert torch.isfinite(new.grad).all() and (new.grad[junk] == 0).all() and new.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="dgray", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray.init(_temp_dir=temp, include_dashboard=False, num_cpus=2, log_to_driver=False,
+             runtime_env={"env_vars": {"NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE",
+                                       "RAY_AUTH_MODE": "disabled"}})
+    yield temp
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _shortest(corpus, axis, n):
+    from duplexgym.envs.corpus import ReplayCorpus
+
+    segs = sorted(ReplayCorpus(corpus).select((axis,)), key=lambda s: (s.n_frames, s.id))
+    return [s.id for s in segs[:n]]
+
+
+def _check_iteration(m, episodes, G):
+    assert np.isfinite(m["loss"]) and np.isfinite(m["kl"]) and m["kl"] >= 0
+    assert m["frames_per_s"] > 0 and len(episodes) == m["episodes"]
+    # groups: G episodes replaying one segment each, a distinct episode seed per row
+    by_group = {}
+    for e in episodes:
+        by_group.setdefault(e.custom_data["group"], []).append(e)
+    for group in by_group.values():
+        assert len(group) == G and len({e.custom_data["segment"] for e in group}) == 1
+        assert len({e.custom_data["episode_seed"] for e in group}) == G
+        assert len({len(e) for e in group}) == 1
+    records = [rg._episode_record(e) for e in episodes]
+    batch = rg.build_grpo_batch(records)
+    for g in np.unique(batch[rg.GROUP]):
+        assert abs(batch[rg.ADVANTAGES][batch[rg.GROUP] == g].mean()) < 1e-5
+    # the loss counted exactly the unforced, unpadded text tokens (less frames whose token fell
+    # outside a top-k: reported as nonfinite_frames)
+    expected = sum(len(e) - 1 - max(e.custom_data["forced_frames"] - 1, 0) for e in episodes)
+    assert batch[rg.LOSS_MASK].sum() == expected
+    assert m["tokens"] == expected - m["nonfinite_frames"]
+    # the old log-probs are the sampler's: the teacher-forced pass under the learner's weights
+    # reproduces them, so the runner sampled with the synced weights
+    assert m["sampler_logp_gap"] < 1e-3
+
+
+@pytest.mark.slow
+def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray):
+    G = 4
+    initial = rg.text_weights(build_tiny_lm())
+    seen = []
+
+    def on_iteration(algo, m):
+        seen.append((m, list(algo.last_episodes), rg.learner_text_weights(algo), rg.runner_text_weights(algo)))
+
+    metrics = rg.train_grpo(small_corpus, iterations=2, group_size=G, segments_per_iter=2, lr=1e-3, kl_coef=0.05,
+                            seed=3, axes=("turn",), num_env_runners=1, segments=_shortest(small_corpus, "turn", 2),
+                            on_iteration=on_iteration)
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    for m, episodes, _, _ in seen:
+        _check_iteration(m, episodes, G)
+        assert set(m["reward_mean"]) == {"turn"} and np.isfinite(m["reward_mean"]["turn"])
+        assert m["segments"] and len(m["groups"]) == 2
+    assert seen[0][0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first batch is sampled by the reference
+    for m, _, learner, runners in seen:
+        assert len(runners) == 1
+        for name in learner:
+            np.testing.assert_array_equal(runners[0][name], learner[name])  # synced to the runner
+    changed = [not np.array_equal(seen[-1][2][n], initial[n]) for n in initial]
+    assert all(changed), "the text weights must move"
+    assert seen[1][0]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_grpo_masks_forced_frames_of_interruption_rollouts(small_corpus, local_ray):
+    seen = []
+    metrics = rg.train_grpo(small_corpus, iterations=1, group_size=2, segments_per_iter=1, seed=0,
+                            axes=("interruption",), num_env_runners=0,
+                            segments=_shortest(small_corpus, "interruption", 1),
+                            on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes))))
+    (m, episodes), = seen
+    assert metrics[0]["episodes"] == 2
+    assert all(e.custom_data["forced_frames"] > 1 for e in episodes)
+    forced = episodes[0].get_extra_model_outputs(rg.FORCED)
+    assert forced[: episodes[0].custom_data["forced_frames"]].all() and not forced[episodes[0].custom_data["forced_frames"]:].any()
+    _check_iteration(m, episodes, 2)
