@@ -102,6 +102,36 @@ def _replay(args) -> int:
     return 0 if result["ok"] else 1
 
 
+def _train(args) -> int:
+    import contextlib
+    import os
+
+    from duplexgym.agents.train_config import load_train_config
+
+    cfg = load_train_config(args.config)  # validated before Ray is imported or started
+    from duplexgym.agents.train import format_iteration, run_training
+
+    if not args.json:
+        summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True))
+        print(f"wrote {summary['files']['metrics']}, {summary['files']['config']}, "
+              f"{summary['files']['reward_curve']} [{summary['wall_s']:.1f} s]")
+        return 0
+    # --json: stdout holds the one JSON object; whatever Ray, RLlib or native code print goes to stderr
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations),
+                                                                     file=sys.stderr, flush=True))
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="duplexgym", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--check", action="store_true", help="compare observations and rewards (the default)")
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(func=_replay)
+
+    tr = sub.add_parser("train", help="GRPO on Ray RLlib from a YAML config (agents/train_config.py)")
+    tr.add_argument("--config", required=True, help="training config YAML (see configs/grpo_tiny.yaml)")
+    tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
+    tr.set_defaults(func=_train)
     return parser
 
 

@@ -1,0 +1,191 @@
+"""`duplexgym train --config`: config mistakes exit 2 naming the field before Ray starts; a real run."""
+
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from duplexgym.agents.train_config import TrainConfigError, load_train_config
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}
+
+
+def _base(corpus, out) -> dict:
+    return {"algorithm": "grpo", "corpus": str(corpus), "model": "tiny", "out": str(out), "group_size": 2,
+            "segments_per_iteration": 1, "iterations": 2, "lr": 1.0e-3, "kl_coef": 0.05, "clip_eps": 0.2,
+            "axes": ["turn"], "env_runners": 0, "seed": 0}
+
+
+def _bad_checkpoint(tmp: Path) -> Path:
+    """A checkpoint folder with Mimi weights and tokenizer but no LM weights (nothing is loaded)."""
+    folder = tmp / "ckpt"
+    folder.mkdir()
+    (folder / "tokenizer-e351c8d8-checkpoint125.safetensors").write_bytes(b"")
+    (folder / "tokenizer_spm_32k_3.model").write_bytes(b"")
+    return folder
+
+
+# (name, change to the base config, strings the error names)
+CASES = [
+    ("typo_field", {"grup_size": 4}, ["grup_size: unknown field", "did you mean 'group_size'"]),
+    ("unknown_axis", {"axes": ["turn", "turns"]},
+     ["axes[1]: unknown axis 'turns'; known: pause, turn, backchannel, interruption"]),
+    ("missing_corpus", {"corpus": "MISSING"}, ["corpus:", "not a built corpus"]),
+    ("missing_checkpoint_file", {"model": "CKPT"}, ["model:", "missing LM weights: model.safetensors"]),
+    ("ppo_not_available", {"algorithm": "ppo"}, ["algorithm: 'ppo' is known but not available yet"]),
+    ("unknown_algorithm", {"algorithm": "dqn"}, ["algorithm: unknown value 'dqn'; known: grpo, ppo"]),
+    ("group_size_str", {"group_size": "four"}, ["group_size: expected an integer, got 'four'"]),
+    ("group_size_bool", {"group_size": True}, ["group_size: expected an integer, got True"]),
+    ("group_size_small", {"group_size": 1}, ["group_size: must be >= 2, got 1"]),
+    ("iterations_float", {"iterations": 2.5}, ["iterations: expected an integer, got 2.5"]),
+    ("lr_text", {"lr": "1e-4"}, ["lr: expected a number, got '1e-4'", "write 1.0e-4"]),
+    ("lr_zero", {"lr": 0}, ["lr: must be > 0"]),
+    ("clip_range", {"clip_eps": 1.5}, ["clip_eps: must be < 1"]),
+    ("axes_type", {"axes": 3}, ["axes: expected a non-empty list"]),
+    ("uneven_runners", {"env_runners": 2, "segments_per_iteration": 3}, ["segments_per_iteration: 3 must split"]),
+    ("axis_weights", {"axis_weights": {"turn": 2.0}}, ["axis_weights: per-axis weights are not supported"]),
+    ("axis_weights_bad_axis", {"axis_weights": {"turns": 2.0}}, ["axis_weights.turns: unknown axis"]),
+    ("rewards_invalid", {"rewards": {"terms": {"turn": {"wieght": 1}}}}, ["rewards: terms.turn: unknown field 'wieght'"]),
+    ("rewards_not_yet", {"rewards": {"terms": {"turn": {"weight": 1.0}}}}, ["rewards: a custom reward spec is valid but not supported"]),
+    ("checkpoint_interval", {"checkpoint_interval": 5}, ["checkpoint_interval: 5: checkpointing", "not implemented yet"]),
+    ("ray_address", {"ray_address": "ray://head:10001"}, ["ray_address: 'ray://head:10001'", "not supported yet"]),
+    ("missing_out", {"out": None}, ["out: required field is missing"]),
+]
+
+_SCRIPT = textwrap.dedent("""
+    import contextlib, io, json, sys
+    import ray_guard  # noqa: F401  (makes any Ray import fail loudly)
+    from duplexgym import cli
+    results = {}
+    for name, path in json.loads(sys.argv[1]).items():
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+            rc = cli.main(["train", "--config", path])
+        results[name] = {"rc": rc, "stderr": err.getvalue(), "stdout": out.getvalue(),
+                         "ray": any(m == "ray" or m.startswith("ray.") for m in sys.modules)}
+    print(json.dumps(results))
+""")
+
+# Imported first by the script: importing Ray at all (let alone starting it) raises.
+_RAY_GUARD = textwrap.dedent("""
+    import importlib.abc, sys
+    class _NoRay(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "ray" or name.startswith("ray."):
+                raise ImportError("test: Ray must not be imported while validating a config")
+    sys.meta_path.insert(0, _NoRay())
+""")
+
+
+def test_config_mistakes_exit_2_naming_the_field_without_ray(small_corpus, tmp_path):
+    ckpt = _bad_checkpoint(tmp_path)
+    paths = {}
+    for name, change, _ in CASES:
+        cfg = _base(small_corpus, tmp_path / f"out-{name}")
+        for key, value in change.items():
+            value = {"MISSING": str(tmp_path / "no-such-corpus"), "CKPT": str(ckpt)}.get(value, value) \
+                if isinstance(value, str) else value
+            if value is None:
+                cfg.pop(key)
+            else:
+                cfg[key] = value
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        paths[name] = str(path)
+    (tmp_path / "ray_guard.py").write_text(_RAY_GUARD)
+    proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(paths)], cwd=tmp_path, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, _, expected in CASES:
+        r = results[name]
+        assert r["rc"] == 2, (name, r)
+        assert r["stderr"].startswith("duplexgym: error: "), (name, r["stderr"])
+        for text in expected:
+            assert text in r["stderr"], (name, text, r["stderr"])
+        assert r["stdout"] == "" and not r["ray"], (name, r)
+    # nothing was written for a config that failed
+    assert not any((tmp_path / f"out-{name}").exists() for name, _, _ in CASES)
+
+
+def test_cli_process_exits_2_on_a_bad_config(small_corpus, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**_base(small_corpus, tmp_path / "out"), "axes": ["turns"]}))
+    proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(path)], env=ENV,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "duplexgym: error: " in proc.stderr and "axes[0]: unknown axis 'turns'" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+
+
+def test_load_resolves_defaults_and_paths(small_corpus, tmp_path):
+    cfg = load_train_config({"corpus": str(small_corpus), "out": str(tmp_path / "run")})
+    assert cfg.algorithm == "grpo" and cfg.model == "tiny" and cfg.axes == ("turn",) and cfg.checkpoint_interval == 0
+    assert Path(cfg.corpus).is_absolute() and Path(cfg.out).is_absolute()
+    with pytest.raises(TrainConfigError, match=r"^corpus: required field is missing"):
+        load_train_config({"out": "x"})
+    with pytest.raises(TrainConfigError, match="a training config is a mapping"):
+        load_train_config(["corpus"])
+
+
+def test_shipped_config_is_valid_when_the_default_corpus_is_built():
+    raw = yaml.safe_load((REPO / "configs" / "grpo_tiny.yaml").read_text())
+    assert raw["corpus"] == "runs/default-corpus" and raw["model"] == "tiny" and raw["group_size"] == 4
+    if not (REPO / "runs" / "default-corpus" / "corpus.json").is_file():
+        pytest.skip("runs/default-corpus is not built (make run)")
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        cfg = load_train_config(REPO / "configs" / "grpo_tiny.yaml")
+    finally:
+        os.chdir(cwd)
+    assert cfg.axes == ("turn",) and cfg.out == str(REPO / "runs" / "grpo-tiny")
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    length, tag = struct.unpack(">I4s", data[8:16])
+    assert tag == b"IHDR" and length == 13
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert depth == 8 and colour == 2
+    assert data.endswith(b"IEND\xaeB`\x82")
+    return width, height
+
+
+@pytest.mark.slow
+def test_two_iteration_run_via_the_cli(small_corpus, tmp_path):
+    out = tmp_path / "run"
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(_base(small_corpus, out)))
+    proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(path), "--json"],
+                          env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)  # exactly one JSON object on stdout
+    assert [m["iteration"] for m in summary["iterations"]] == [0, 1]
+    assert "iter 1/2" in proc.stderr and "iter 2/2" in proc.stderr  # progress went to stderr
+
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    rows = [json.loads(line) for line in lines]
+    for i, m in enumerate(rows):
+        assert m["iteration"] == i
+        assert isinstance(m["kl"], float) and math.isfinite(m["kl"]) and m["kl"] >= 0
+        assert isinstance(m["loss"], float) and math.isfinite(m["loss"])
+        assert set(m["reward_mean"]) == {"turn"} and math.isfinite(m["reward_mean"]["turn"])
+        assert m["frames_per_s"] > 0 and m["episodes"] == 2
+    assert rows == summary["iterations"]
+
+    written = yaml.safe_load((out / "config.yaml").read_text())
+    assert written["corpus"] == str(Path(small_corpus).resolve()) and written["iterations"] == 2
+    assert load_train_config(out / "config.yaml").to_dict() == written  # the resolved config loads again
+
+    assert _png_size(out / "reward_curve.png") == (480, 240)
