@@ -1,14 +1,16 @@
 # The two commands of the README. Both set up everything on a fresh machine first.
 .PHONY: setup run test bench
 
-OUT ?= runs/default-corpus
-
 setup:
 	bash scripts/setup.sh
 
+# The main job: build the embedded default corpus (with tiny-Mimi codes), print its statistics,
+# then post-train the tiny random Moshi with GRPO on Ray RLlib for a few iterations
+# (configs/grpo_tiny.yaml: per-iteration rewards on stdout, runs/grpo-tiny/reward_curve.png).
 run: setup
-	.venv/bin/duplexgym corpus build synthetic --out $(OUT) --codec tiny
-	.venv/bin/duplexgym corpus stats $(OUT)
+	.venv/bin/duplexgym corpus build synthetic --out runs/default-corpus --codec tiny
+	.venv/bin/duplexgym corpus stats runs/default-corpus
+	.venv/bin/duplexgym train --config configs/grpo_tiny.yaml
 
 test: setup
 	.venv/bin/python -m pytest -q tests
