@@ -73,6 +73,10 @@ REF_OUTSIDE = "ref_outside_topk_frames"  # per row: of those, frames whose token
 NONFINITE = "nonfinite_frames"  # per row: frames left out for a non-finite old/ref log-prob
 SAMPLER_TEXT_LOGP = "sampler_text_logp"  # [B, T] the sampler's text log-probs (ACTION_LOGP)
 FORCED = "forced"  # per-step extra model output: the env forced this frame
+GRPO_SAMPLER_STATE = "grpo_sampler"  # env-runner state key: segment RNG and counters
+#: Beside an ``algo.save_to_path`` checkpoint: every sampling runner's :meth:`GrpoEnvRunner.grpo_state`
+#: and the number of finished iterations (see :func:`save_training_checkpoint`).
+RUNNER_STATE_NAME = "grpo_runners.json"
 
 
 def _make_env(cfg: dict):
@@ -167,6 +171,31 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             pool = corpus.select(tuple(self.config.env_config["axes"]), self.config.env_config.get("segments"))
             self._pool = sorted(s.id for s in pool)
         return self._agent
+
+    def grpo_state(self) -> dict:
+        """The segment schedule's state: the segment RNG, the group counter, the agent's episode
+        counter (its episode seeds derive from it). JSON-able; see :meth:`set_grpo_state`."""
+        agent = self._get_agent()
+        return {"worker_index": int(self.worker_index), "groups_sampled": int(self._groups_sampled),
+                "segment_rng": self._segment_rng.bit_generator.state,
+                "episodes_started": int(agent.episodes_started)}
+
+    def set_grpo_state(self, state: dict) -> None:
+        agent = self._get_agent()
+        self._groups_sampled = int(state["groups_sampled"])
+        self._segment_rng.bit_generator.state = state["segment_rng"]
+        agent.episodes_started = int(state["episodes_started"])
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._agent is not None and self._check_component(GRPO_SAMPLER_STATE, components, not_components):
+            state[GRPO_SAMPLER_STATE] = self.grpo_state()
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state({k: v for k, v in state.items() if k != GRPO_SAMPLER_STATE})
+        if GRPO_SAMPLER_STATE in state:
+            self.set_grpo_state(state[GRPO_SAMPLER_STATE])
 
     def next_segment(self) -> str:
         """The next group's segment, from this runner's seeded stream."""
@@ -429,9 +458,14 @@ def grpo_config(corpus, group_size: int = 4, segments_per_iter: int = 2, lr: flo
 def train_grpo(corpus, iterations: int, group_size: int = 4, segments_per_iter: int = 2, lr: float = 1e-4,
                kl_coef: float = 0.05, seed: int = 0, axes=("turn",), num_env_runners: int = 0,
                ray_temp_dir: str | os.PathLike | None = None, segments=None, clip_eps: float = 0.2,
-               on_iteration=None) -> list[dict]:
-    """Run ``iterations`` GRPO iterations on a local Ray; per-iteration metrics (reward mean per
-    axis, loss, kl, frames/s, ...). ``on_iteration(algo, metrics)`` is called after each one."""
+               on_iteration=None, resume: str | os.PathLike | None = None, on_start=None) -> list[dict]:
+    """Run GRPO iterations on a local Ray; per-iteration metrics (reward mean per axis, loss, kl,
+    frames/s, ...). ``on_iteration(algo, metrics)`` is called after each one.
+
+    ``iterations`` counts from the start of training: with ``resume`` (a folder written by
+    :func:`save_training_checkpoint`) the algorithm (weights, Adam state, the runners' segment
+    schedule) is restored and iterations ``k .. iterations - 1`` run, ``k`` the checkpoint's
+    finished iterations. ``on_start(algo, k)`` is called once the algorithm is built (and restored)."""
     import ray
 
     started = False
@@ -447,7 +481,10 @@ def train_grpo(corpus, iterations: int, group_size: int = 4, segments_per_iter: 
     try:
         algo = grpo_config(corpus, group_size, segments_per_iter, lr, kl_coef, clip_eps, seed, axes, segments,
                            num_env_runners).build_algo()
-        for i in range(iterations):
+        start = restore_training_checkpoint(algo, resume) if resume is not None else 0
+        if on_start is not None:
+            on_start(algo, start)
+        for i in range(start, iterations):
             t0 = time.perf_counter()
             result = algo.train()
             learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
@@ -503,3 +540,80 @@ def runner_text_weights(algo) -> list[dict[str, np.ndarray]]:
 def learner_text_weights(algo) -> dict[str, np.ndarray]:
     """:func:`text_weights` of the (local) learner's LM."""
     return text_weights(algo.learner_group._learner.module[DEFAULT_MODULE_ID])
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def _sampling_runners(algo, fn):
+    remote = algo.env_runner_group.num_remote_env_runners() > 0
+    return algo.env_runner_group.foreach_env_runner(fn, local_env_runner=not remote)
+
+
+def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int, extra: dict | None = None) -> Path:
+    """``algo.save_to_path(path)`` (learner weights, reference LM, Adam state, runner states) plus
+    ``grpo_runners.json``: ``iterations_done`` and every sampling runner's segment schedule
+    (:meth:`GrpoEnvRunner.grpo_state`; remote runners' states are not in RLlib's checkpoint)."""
+    import json
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    algo.save_to_path(str(path))
+    runners = _sampling_runners(algo, lambda r: r.grpo_state())
+    (path / RUNNER_STATE_NAME).write_text(json.dumps(
+        {"iterations_done": int(iterations_done), "runners": runners, **(extra or {})}, indent=1) + "\n")
+    return path
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> dict:
+    """The ``grpo_runners.json`` of a checkpoint folder; ``ValueError`` if it is not one."""
+    import json
+
+    path = Path(path)
+    meta = path / RUNNER_STATE_NAME
+    if not path.is_dir() or not meta.is_file():
+        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
+                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
+    return json.loads(meta.read_text())
+
+
+def restore_training_checkpoint(algo, path: str | os.PathLike) -> int:
+    """Restore ``algo`` from :func:`save_training_checkpoint`'s folder; returns the iterations done."""
+    meta = read_training_checkpoint(path)
+    states = {int(st["worker_index"]): st for st in meta["runners"]}
+    algo.restore_from_path(str(Path(path).resolve()))
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+
+    def apply(runner, states=states):
+        state = states.get(int(runner.worker_index))
+        if state is None:
+            raise ValueError(f"resume: the checkpoint holds no segment schedule for env runner {runner.worker_index} "
+                             f"(it has {sorted(states)}); resume with the same env_runners")
+        runner.set_grpo_state(state)
+        return True
+
+    if len(states) != len(_sampling_runners(algo, lambda r: r.worker_index)):
+        raise ValueError(f"resume: the checkpoint has {len(states)} env runner state(s); this run samples on "
+                         f"{max(1, algo.env_runner_group.num_remote_env_runners())}; resume with the same env_runners")
+    _sampling_runners(algo, apply)
+    return int(meta["iterations_done"])
+
+
+def learner_lm(algo):
+    """The (local) learner's trained LM."""
+    return algo.learner_group._learner.module[DEFAULT_MODULE_ID].lm
+
+
+def export_policy(algo, out_dir: str | os.PathLike) -> Path:
+    """The learner's LM as a moshi-loadable checkpoint folder (Kyutai layout, with the tiny Mimi and the
+    text tokenizer): ``make_agent("moshi:" + out_dir, env)`` and ``duplexgym eval --agent moshi:DIR``
+    load it."""
+    from duplexgym.agents.checkpoint import save_checkpoint
+
+    return save_checkpoint(learner_lm(algo), load_mimi(TINY_SPEC, "cpu"), find_text_tokenizer(), out_dir,
+                           tiny_lm_kwargs())
+
+
+def learner_optimizer_state(algo) -> dict:
+    """The learner's optimizer state (numpy), as RLlib checkpoints it."""
+    return algo.learner_group._learner._get_optimizer_state()

@@ -10,6 +10,21 @@ The run folder (``out``) gets, overwriting these three files only:
   orange, backchannel green, interruption red), a grey zero line when 0 is in range; drawn with
   :func:`duplexgym.agents.export.write_png`.
 
+- ``policy/``: the trained policy as a moshi-loadable checkpoint folder (Kyutai layout:
+  ``model.safetensors``, the tiny Mimi, the text tokenizer, ``config.json``), rewritten at every
+  checkpoint and at the end: ``duplexgym eval --agent moshi:OUT/policy --obs-mode codes
+  --action-mode tokens`` evaluates it;
+- ``checkpoints/iter_XXXX/`` (``XXXX``: iterations done, counted from the start of training): an
+  ``algo.save_to_path`` checkpoint (learner and reference LM weights, Adam state) plus
+  ``grpo_runners.json`` (the env runners' segment RNG and counters, the iterations done and the
+  config). Written after every ``checkpoint_interval``-th iteration and after the last one
+  (``checkpoint_interval: 0``: after the last one only).
+
+``--resume OUT/checkpoints/iter_XXXX`` continues training from such a checkpoint up to
+``iterations`` (a total, not a number of further iterations), keeping ``metrics.jsonl``'s rows of
+the iterations before it. The checkpoint's ``corpus``, ``axes``, ``group_size``,
+``segments_per_iteration``, ``env_runners`` and ``seed`` must equal the config's.
+
 Ray (and :mod:`duplexgym.agents.rllib_grpo`, which imports it) is imported only after the config
 validated.
 """
@@ -30,43 +45,95 @@ from duplexgym.agents.train_config import TrainConfig
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.yaml"
 CURVE_NAME = "reward_curve.png"
+POLICY_NAME = "policy"
+CHECKPOINTS_NAME = "checkpoints"
+RUNNER_STATE_NAME = "grpo_runners.json"  # = rllib_grpo.RUNNER_STATE_NAME (not imported: it imports Ray)
+#: Config fields a resumed run must share with its checkpoint.
+RESUME_KEYS = ("corpus", "axes", "group_size", "segments_per_iteration", "env_runners", "seed")
 AXIS_COLOURS = {"pause": (66, 133, 244), "turn": (245, 150, 30), "backchannel": (52, 168, 83),
                 "interruption": (220, 30, 30)}
 
 
-def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None = None) -> dict:
-    """Train as ``cfg`` says; returns ``{"algorithm", "out", "iterations": [per-iteration metrics],
-    "reward_mean": {axis: last iteration's mean}, "wall_s", "files": {...}}``."""
+def checkpoint_path(out: str | Path, iterations_done: int) -> Path:
+    return Path(out) / CHECKPOINTS_NAME / f"iter_{iterations_done:04d}"
+
+
+def check_resume(cfg: TrainConfig, resume: str | Path) -> int:
+    """Checks a ``--resume`` folder against ``cfg`` without Ray; returns its iterations done."""
+    path = Path(resume).expanduser().resolve()
+    meta_path = path / RUNNER_STATE_NAME
+    if not meta_path.is_file():
+        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
+                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    saved = meta.get("config") or {}
+    mine = cfg.to_dict()
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != mine[key]:
+            raise ValueError(f"resume: {key}: the checkpoint was trained with {saved[key]!r}, the config says "
+                             f"{mine[key]!r}; they must be equal to resume")
+    done = int(meta["iterations_done"])
+    if done >= cfg.iterations:
+        raise ValueError(f"resume: the checkpoint {path} has {done} iteration(s) done; iterations: {cfg.iterations} "
+                         "leaves nothing to train (iterations counts from the start of training)")
+    return done
+
+
+def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None = None,
+                 resume: str | Path | None = None, on_start: Callable | None = None,
+                 on_checkpoint: Callable | None = None) -> dict:
+    """Train as ``cfg`` says (from ``resume``, a checkpoint folder, if given); returns ``{"algorithm",
+    "out", "iterations": [per-iteration metrics], "reward_mean": {axis: last iteration's mean},
+    "wall_s", "files": {...}}``. ``on_start(algo, iterations_done)`` and ``on_checkpoint(algo, path,
+    iterations_done)`` expose the algorithm (tests)."""
     import yaml
 
+    start = check_resume(cfg, resume) if resume is not None else 0
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_NAME).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     metrics_path = out / METRICS_NAME
-    metrics_path.write_text("", encoding="utf-8")
     rows: list[dict] = []
+    if start and metrics_path.is_file():  # keep the rows of the iterations before the checkpoint
+        for line in metrics_path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if int(row.get("iteration", start)) < start:
+                    rows.append(row)
+    metrics_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+    checkpoints: list[str] = []
+    policy = out / POLICY_NAME
 
-    def record(_algo, m: dict) -> None:
+    def record(algo, m: dict) -> None:
         row = _plain(m)
         rows.append(row)
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         write_reward_curve(out / CURVE_NAME, rows, cfg.axes)
+        done = int(m["iteration"]) + 1
+        if done == cfg.iterations or (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0):
+            path = checkpoint_path(out, done)
+            save_training_checkpoint(algo, path, done, extra={"config": cfg.to_dict()})
+            export_policy(algo, policy)
+            checkpoints.append(str(path))
+            if on_checkpoint is not None:
+                on_checkpoint(algo, path, done)
         if on_iteration is not None:
             on_iteration(row)
 
-    from duplexgym.agents.rllib_grpo import train_grpo  # imports Ray: only now
+    from duplexgym.agents.rllib_grpo import export_policy, save_training_checkpoint, train_grpo  # imports Ray: only now
 
     t0 = time.perf_counter()
     train_grpo(cfg.corpus, iterations=cfg.iterations, group_size=cfg.group_size,
                segments_per_iter=cfg.segments_per_iteration, lr=cfg.lr, kl_coef=cfg.kl_coef, seed=cfg.seed,
-               axes=cfg.axes, num_env_runners=cfg.env_runners, clip_eps=cfg.clip_eps, on_iteration=record)
+               axes=cfg.axes, num_env_runners=cfg.env_runners, clip_eps=cfg.clip_eps, on_iteration=record,
+               resume=None if resume is None else Path(resume).expanduser().resolve(), on_start=on_start)
     write_reward_curve(out / CURVE_NAME, rows, cfg.axes)
     return {"algorithm": cfg.algorithm, "out": str(out), "iterations": rows,
             "reward_mean": dict(rows[-1]["reward_mean"]) if rows else {},
-            "wall_s": time.perf_counter() - t0,
+            "wall_s": time.perf_counter() - t0, "resumed_from": start if resume is not None else None,
             "files": {"metrics": str(metrics_path), "config": str(out / CONFIG_NAME),
-                      "reward_curve": str(out / CURVE_NAME)}}
+                      "reward_curve": str(out / CURVE_NAME), "policy": str(policy), "checkpoints": checkpoints}}
 
 
 def format_iteration(m: dict, total: int) -> str:

@@ -17,7 +17,7 @@ A config (relative paths are read from the current working directory, as the oth
     rewards: null                    # a reward spec (mapping or YAML path), validated; non-null: not yet
     env_runners: 0                   # remote env runners (0: sample in the driver)
     seed: 0                          # seeds segment choice and sampling (>= 0)
-    checkpoint_interval: 0           # iterations between checkpoints; 0 only: not implemented yet
+    checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
     ray_address: null                # null: a local Ray; a cluster address: not supported yet
 
 Every mistake raises :class:`TrainConfigError` (a ``ValueError``; the CLI exits 2) naming the field,
@@ -27,8 +27,8 @@ a checkpoint folder by :func:`~duplexgym.agents.checkpoint.resolve_checkpoint` (
 
 What :func:`~duplexgym.agents.rllib_grpo.train_grpo` cannot do yet is refused, never ignored:
 ``algorithm: ppo``, a checkpoint-folder ``model`` (GRPO trains the tiny random Moshi only),
-``axis_weights``, ``rewards`` (the GRPO env uses the env's default reward spec), ``ray_address``
-and a non-zero ``checkpoint_interval``.
+``axis_weights``, ``rewards`` (the GRPO env uses the env's default reward spec) and ``ray_address``.
+Checkpoints (``out/checkpoints/iter_XXXX``, ``out/policy``): see :mod:`duplexgym.agents.train`.
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of segment choice and sampling (>= 0)."""
     checkpoint_interval: int = 0
-    """Iterations between checkpoints. Checkpointing is NOT implemented yet: only 0 is accepted."""
+    """Iterations between checkpoints (``out/checkpoints/iter_XXXX``, plus ``out/policy``); one is also
+    written after the last iteration; 0: after the last iteration only."""
     ray_address: str | None = None
     """Ray cluster address; only null (a local Ray) is supported yet."""
 
@@ -159,9 +160,6 @@ def config_from_dict(raw: Any) -> TrainConfig:
     axis_weights = _axis_weights(raw.get("axis_weights"), axes)
     rewards = _rewards(raw.get("rewards"))
     checkpoint_interval = _int(raw.get("checkpoint_interval", 0), "checkpoint_interval", minimum=0)
-    if checkpoint_interval:
-        raise TrainConfigError(f"checkpoint_interval: {checkpoint_interval}: checkpointing during training is not "
-                               "implemented yet; set 0 (no checkpoints)")
     ray_address = raw.get("ray_address")
     if ray_address is not None:
         if not isinstance(ray_address, str) or not ray_address.strip():

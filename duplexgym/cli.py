@@ -111,10 +111,15 @@ def _train(args) -> int:
     cfg = load_train_config(args.config)  # validated before Ray is imported or started
     from duplexgym.agents.train import format_iteration, run_training
 
+    if args.resume is not None:
+        from duplexgym.agents.train import check_resume
+
+        check_resume(cfg, args.resume)  # before Ray starts
     if not args.json:
-        summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True))
+        summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True),
+                               resume=args.resume)
         print(f"wrote {summary['files']['metrics']}, {summary['files']['config']}, "
-              f"{summary['files']['reward_curve']} [{summary['wall_s']:.1f} s]")
+              f"{summary['files']['reward_curve']}, {summary['files']['policy']} [{summary['wall_s']:.1f} s]")
         return 0
     # --json: stdout holds the one JSON object; whatever Ray, RLlib or native code print goes to stderr
     sys.stdout.flush()
@@ -123,7 +128,8 @@ def _train(args) -> int:
         os.dup2(2, 1)
         with contextlib.redirect_stdout(sys.stderr):
             summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations),
-                                                                     file=sys.stderr, flush=True))
+                                                                     file=sys.stderr, flush=True),
+                                   resume=args.resume)
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -200,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="GRPO on Ray RLlib from a YAML config (agents/train_config.py)")
     tr.add_argument("--config", required=True, help="training config YAML (see configs/grpo_tiny.yaml)")
     tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
+    tr.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                    help="continue from OUT/checkpoints/iter_XXXX up to the config's iterations (a total)")
     tr.set_defaults(func=_train)
     return parser
 
