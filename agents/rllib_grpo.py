@@ -117,8 +117,9 @@ class GrpoRLModule(TorchRLModule, InferenceOnlyAPI):
         return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), **self.sampler())
 
     def _forward(self, batch, **kwargs):
-        raise NotImplementedError("GrpoRLModule does not act through RLlib's connectors: GrpoEnvRunner "
-                                  "samples with a streaming MoshiAgent")
+        """Acting goes through GrpoEnvRunner's streaming MoshiAgent, never through this module."""
+        raise RuntimeError("GrpoRLModule does not act through RLlib's connectors: GrpoEnvRunner "
+                           "samples with a streaming MoshiAgent")
 
     def _forward_train(self, batch, **kwargs):
         return {"logp": self.logprobs(self.lm, batch)}
