@@ -23,10 +23,20 @@ class Agent(Protocol):
 
 
 def row_infos(infos: dict, batch: int) -> list[dict]:
-    """Per-env reset infos out of a Gymnasium vector env's merged info dict (``_key`` masks and
-    ``final_*`` entries dropped)."""
-    keys = [k for k in infos if not k.startswith("_") and k not in ("final_obs", "final_info")]
-    return [{k: infos[k][i] for k in keys} for i in range(batch)]
+    """Per-row reset infos out of a Gymnasium vector env's merged info dict
+    (``{key: [B] values, "_key": [B] mask}``): a row gets the keys its mask marks present;
+    ``final_*`` entries and values that are not batched are dropped."""
+    rows: list[dict] = [{} for _ in range(batch)]
+    for key, values in infos.items():
+        if key.startswith("_") or key in ("final_obs", "final_info") or isinstance(values, dict):
+            continue
+        if not hasattr(values, "__len__") or len(values) != batch:
+            continue
+        present = infos.get(f"_{key}", np.ones(batch, dtype=bool))
+        for r in range(batch):
+            if present[r]:
+                rows[r][key] = values[r]
+    return rows
 
 
 class PerRowBatch:

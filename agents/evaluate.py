@@ -54,17 +54,15 @@ PUBLISHED = {
 
 
 def select_segments(corpus, per_axis: int | None = None, seed: int = 0) -> list:
-    """The segments to evaluate, in manifest order: all, or ``per_axis`` of each axis drawn
-    (without replacement) by ``np.random.default_rng(seed)``, axis after axis in ``AXES`` order."""
-    if per_axis is not None and per_axis < 1:
+    """The segments to evaluate, in manifest order: all, or ``per_axis`` of each axis chosen with
+    ``seed`` by the corpus builder's own selection (:func:`duplexgym.corpora.segments.select_segments`)."""
+    if per_axis is None:
+        return list(corpus.segments)
+    if per_axis < 1:
         raise ValueError(f"--per-axis must be >= 1, got {per_axis}")
-    rng = np.random.default_rng(seed)
-    keep: set[str] = set()
-    for axis in AXES:
-        pool = corpus.select((axis,))
-        if per_axis is not None and len(pool) > per_axis:
-            pool = [pool[i] for i in rng.choice(len(pool), per_axis, replace=False)]
-        keep.update(s.id for s in pool)
+    from duplexgym.corpora.segments import select_segments as choose
+
+    keep = {s.id for s in choose(corpus.segments, per_axis, seed)}
     return [s for s in corpus.segments if s.id in keep]
 
 
@@ -115,7 +113,10 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
     and return :func:`summarize_eval`'s dict plus ``corpus``, ``seed``, ``obs_mode``,
     ``action_mode`` and ``export``. ``rewards``: a reward spec (YAML path or dict; default: the
     env's). ``export``: a folder to write the episodes to in Full-Duplex-Bench v1 layout."""
+    from tqdm import tqdm
+
     from duplexgym.agents.baselines import make_agent
+    from duplexgym.agents.rollout import play_episode
 
     kwargs = {"obs_mode": obs_mode, "action_mode": action_mode}
     if rewards is not None:
@@ -129,26 +130,12 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
         from duplexgym.agents.export import FdbExporter
 
         exporter = FdbExporter(export, base.corpus)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(segments), desc=f"eval {agent}", file=sys.stderr, leave=False)
     results = []
-    for seg in segments:
-        obs, info = env.reset(seed=seed, options={"segment": seg.id})
-        agent_obj.reset(info)
-        done = False
-        while not done:
-            obs, _, done, _, info = env.step(agent_obj.act(obs))
-        terms = info["reward_terms"]
+    for seg in tqdm(segments, desc=f"eval {agent}", file=sys.stderr, leave=False, disable=not progress):
+        terms = play_episode(env, agent_obj, seed=seed, options={"segment": seg.id})
         results.append(terms)
         if exporter is not None:
             exporter.add(base.episode_record(), terms)
-        if bar:
-            bar.update()
-    if bar:
-        bar.close()
     if hasattr(agent_obj, "close"):
         agent_obj.close()
     env.close()

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
+from duplexgym.agents.base import row_infos
 from duplexgym.agents.checkpoint import MoshiModels, load_models  # runtime settings first
 from duplexgym.corpora.codec import MIMI_CARDINALITY, MIMI_CODEBOOKS, codec_id, encode
 from duplexgym.corpora.dialogue import FRAME_SAMPLES
@@ -132,19 +133,6 @@ class _AgentLMGen(LMGen):
                 tokens.append(token)
                 previous = token
         return torch.stack(tokens, dim=1)  # [B, dep_q]
-
-
-def _row_infos(infos: dict, batch: int) -> list[dict]:
-    """Per-row dicts of a gymnasium vector env's info dict (``{key: [B] values, "_key": [B] mask}``)."""
-    rows: list[dict] = [{} for _ in range(batch)]
-    for key, values in infos.items():
-        if key.startswith("_") or not hasattr(values, "__len__") or len(values) != batch:
-            continue
-        present = infos.get(f"_{key}", np.ones(batch, dtype=bool))
-        for r in range(batch):
-            if present[r]:
-                rows[r][key] = values[r]
-    return rows
 
 
 class MoshiAgent:
@@ -302,7 +290,7 @@ class MoshiAgent:
         if rows.shape != (B,):
             raise ValueError(f"mask must have {B} entries (batch_size), got {rows.shape[0]}")
         if isinstance(infos, dict):
-            infos = _row_infos(infos, B)
+            infos = row_infos(infos, B)
         if len(infos) != B:
             raise ValueError(f"infos must have {B} entries (batch_size), got {len(infos)}")
         if seeds is not None and len(seeds) != B:

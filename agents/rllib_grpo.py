@@ -46,6 +46,7 @@ import torch  # noqa: E402
 from gymnasium import spaces  # noqa: E402
 
 import duplexgym  # noqa: E402,F401  (registers the envs)
+from duplexgym.agents.base import row_infos  # noqa: E402
 from duplexgym.agents.checkpoint import (  # noqa: E402
     MoshiModels, TINY_SPEC, build_tiny_lm, find_text_tokenizer, load_mimi, tiny_lm_kwargs)
 from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss, group_advantages  # noqa: E402
@@ -221,7 +222,7 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
         group_id = f"w{self.worker_index}-g{self._groups_sampled}"
         self._groups_sampled += 1
         obs, infos = self._try_env_reset(options={"segment": segment})
-        infos = list(infos) if isinstance(infos, (list, tuple)) else _rows(infos, G)
+        infos = list(infos) if isinstance(infos, (list, tuple)) else row_infos(infos, G)
         assert all(info["segment"] == segment for info in infos), "sub-envs must replay the group's segment"
         agent.reset_batch(infos)
         eps = []
@@ -239,7 +240,7 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             self._text_logp = None
             actions = agent.act_batch(np.asarray(obs))
             obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
-            step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else _rows(step_infos, G)
+            step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
             for r in range(G):
                 if done[r]:
                     continue
@@ -260,12 +261,6 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             self._agent.close()
             self._agent = None
         super().stop()
-
-
-def _rows(infos: dict, batch: int) -> list[dict]:
-    from duplexgym.agents.base import row_infos
-
-    return row_infos(infos, batch)
 
 
 # ------------------------------------------------------------------------------------ learner connector
@@ -394,7 +389,6 @@ class GrpoAlgorithm(Algorithm):
     last_grpo: dict = {}
 
     def training_step(self):
-        grpo = self.config.env_config["grpo"]
         remote = self.env_runner_group.num_remote_env_runners() > 0
         t0 = time.perf_counter()
         results = self.env_runner_group.foreach_env_runner(

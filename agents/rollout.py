@@ -44,10 +44,22 @@ def summarize(per_episode: list[dict]) -> dict:
     return out
 
 
+def play_episode(env, agent, seed: int | None = None, options: dict | None = None) -> dict:
+    """Reset ``env``, let ``agent`` act until the episode ends; the final ``reward_terms``."""
+    obs, info = env.reset(seed=seed, options=options)
+    agent.reset(info)
+    done = False
+    while not done:
+        obs, _, done, _, info = env.step(agent.act(obs))
+    return info["reward_terms"]
+
+
 def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int, out: str | Path,
             env_kwargs: dict | None = None, progress: bool = True) -> dict:
     """Run ``episodes`` episodes of ``agent_name`` in ``env_id``; the first reset is seeded with
     ``seed`` and later ones continue the env's random stream, so the run is reproducible."""
+    from tqdm import tqdm
+
     from duplexgym.agents.baselines import make_agent
 
     out = Path(out)
@@ -55,25 +67,11 @@ def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int,
     env = gym.make(env_id, corpus=corpus, **(env_kwargs or {}))
     agent = make_agent(agent_name, env)
     results = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=episodes, desc="rollout", file=sys.stderr, leave=False)
-    for i in range(episodes):
-        obs, info = env.reset(seed=seed if i == 0 else None)
-        agent.reset(info)
-        done = False
-        while not done:
-            obs, _, done, _, info = env.step(agent.act(obs))
+    for i in tqdm(range(episodes), desc="rollout", file=sys.stderr, leave=False, disable=not progress):
+        results.append(play_episode(env, agent, seed=seed if i == 0 else None))
         record = env.unwrapped.episode_record()
         record = type(record)(**{**record.__dict__, "seed": seed, "env": {**record.env, "episode_index": i}})
         record.save(episodes_dir / f"{i:05d}-{record.segment.id}")
-        results.append(info["reward_terms"])
-        if bar:
-            bar.update()
-    if bar:
-        bar.close()
     if hasattr(agent, "close"):
         agent.close()
     summary = {**summarize(results), "agent": agent_name, "env": env_id, "seed": seed, "out": str(out)}

@@ -113,19 +113,9 @@ def load_train_config(source: str | Path | dict) -> TrainConfig:
     """A :class:`TrainConfig` from a YAML path or a dict; raises :class:`TrainConfigError`."""
     if not isinstance(source, (str, Path)):
         return config_from_dict(source)  # a dict, or a clear error for anything else
-    import yaml
+    from duplexgym.config import load_yaml
 
-    path = Path(source)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainConfigError(f"{path}: cannot read training config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise TrainConfigError(f"{path}: not valid YAML ({exc})") from None
-    try:
-        return config_from_dict({} if raw is None else raw)
-    except TrainConfigError as exc:
-        raise TrainConfigError(f"{path}: {exc}") from None
+    return load_yaml(source, config_from_dict, TrainConfigError, "training config")
 
 
 def config_from_dict(raw: Any) -> TrainConfig:

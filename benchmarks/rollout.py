@@ -27,7 +27,6 @@ from pathlib import Path  # noqa: E402
 
 import duplexgym  # noqa: E402,F401
 import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from duplexgym.agents.base import row_infos  # noqa: E402

@@ -94,19 +94,9 @@ def load_spec(source: str | Path | dict | RewardSpec | None) -> RewardSpec:
         return source
     if isinstance(source, dict):
         return spec_from_dict(source)
-    import yaml
+    from duplexgym.config import load_yaml
 
-    path = Path(source)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RewardSpecError(f"{path}: cannot read reward spec ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise RewardSpecError(f"{path}: not valid YAML ({exc})") from None
-    try:
-        return spec_from_dict(raw if raw is not None else {})
-    except RewardSpecError as exc:
-        raise RewardSpecError(f"{path}: {exc}") from None
+    return load_yaml(source, spec_from_dict, RewardSpecError, "reward spec")
 
 
 def spec_from_dict(raw: Any) -> RewardSpec:

@@ -4,13 +4,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import yaml
 
 from duplexgym import AXES
 from duplexgym.agents.replay import replay_check, rescore
-from duplexgym.agents.rollout import rollout
+from duplexgym.agents.rollout import play_episode, rollout
 from duplexgym.rewards.record import EpisodeRecord
 from tests.conftest import REPO
 
@@ -121,16 +120,6 @@ def test_oracle_beats_silent_and_talk_on_every_axis(default_corpus, tmp_path):
         assert table["oracle"][axis] > table["talk"][axis], axis
 
 
-def play(env, agent, seed=0) -> dict:
-    """One seeded episode of ``agent``; its final reward_terms."""
-    obs, info = env.reset(seed=seed)
-    agent.reset(info)
-    done = False
-    while not done:
-        obs, _, done, _, info = env.step(agent.act(obs))
-    return info["reward_terms"]
-
-
 def test_quality_term_in_episodes_and_judge_failures_are_reported(small_corpus, tmp_path):
     """The quality term rides along every axis; a judge that cannot be reached is reported in
     ``failed`` (the episode and the other terms go on), never scored as 0."""
@@ -145,7 +134,7 @@ def test_quality_term_in_episodes_and_judge_failures_are_reported(small_corpus, 
     from duplexgym.agents.baselines import make_agent
 
     agent = make_agent("oracle", env)
-    terms = play(env, agent)
+    terms = play_episode(env, agent, seed=0)
     assert set(terms["terms"]) == {"turn", "quality"} and not terms["failed"]
     q = terms["terms"]["quality"]
     assert 0.0 <= q["value"] <= 1.0 and q["metrics"]["backend"] == "embedding"
@@ -156,6 +145,6 @@ def test_quality_term_in_episodes_and_judge_failures_are_reported(small_corpus, 
                 "backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "judge", "timeout_s": 0.5,
                 "max_retries": 1, "backoff_s": 0.01, "use_cache": False}}}}
     env = gym.make("duplexgym/TurnTaking-v0", corpus=str(small_corpus), rewards=down, text_tokenizer=sp_path)
-    terms = play(env, agent)
+    terms = play_episode(env, agent, seed=0)
     assert "quality" in terms["failed"] and "quality" not in terms["terms"]
     assert terms["reward"] == terms["terms"]["turn"]["value"]
