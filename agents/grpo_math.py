@@ -182,6 +182,61 @@ def group_advantages(
     return torch.where(flat, torch.zeros_like(centred), centred)
 
 
+def returns_to_go(rewards: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``[B, T]`` undiscounted reward-to-go ``sum_{t' >= t} rewards[:, t']`` (0 on padding).
+
+    ``rewards``: ``[B, T]`` per-step rewards, 0 on padding (``mask`` False, if given)."""
+    if mask is not None:
+        rewards = torch.where(mask.bool(), rewards, torch.zeros_like(rewards))
+    out = rewards.flip(-1).cumsum(-1).flip(-1)
+    return out if mask is None else torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+def group_step_advantages(
+    rewards: Tensor, mask: Tensor, group_ids: Tensor, normalize_std: bool = True, eps: float = 1e-6
+) -> Tensor:
+    """Per-step group-relative advantages from per-step rewards (dense shaping plus the episode's
+    final reward): a GRPO advantage with credit assignment in time.
+
+    Args:
+        rewards: ``[B, T]`` reward of each step (the last valid step carries the episode reward).
+        mask: ``[B, T]`` bool, False on padding; valid steps are a prefix of each row.
+        group_ids: ``[B]`` group of each row. The rows of a group replay the same segment, so
+            step ``t`` is the same moment of the conversation in every row of the group.
+        normalize_std: divide by the group's scale (below); False: centred only (Dr. GRPO).
+
+    Returns:
+        ``[B, T]``: ``A[b, t] = (R[b, t] - mean_g R[., t]) / (s_g + eps)``, ``R`` the reward-to-go
+        (:func:`returns_to_go`), the mean over the rows of ``b``'s group valid at ``t``, and
+        ``s_g`` the root-mean-square of the group's centred values over its valid steps (one scale
+        per group, so a step where the rows barely differ keeps a small advantage). 0 on padding
+        and for a group whose reward-to-go is the same in every row at every step. With rewards
+        only at the last step and equal lengths this is :func:`group_advantages` on every step.
+    """
+    B, T = rewards.shape
+    if mask.shape != (B, T) or group_ids.shape != (B,):
+        raise ValueError(f"group_step_advantages: expected rewards [B, T], mask [B, T], group_ids [B]; got "
+                         f"{tuple(rewards.shape)}, {tuple(mask.shape)}, {tuple(group_ids.shape)}")
+    if not torch.isfinite(rewards).all():
+        raise ValueError("group_step_advantages: rewards must be finite")
+    rewards = rewards if rewards.is_floating_point() else rewards.float()
+    valid = mask.bool()
+    rtg = returns_to_go(rewards, valid)
+    out = torch.zeros_like(rtg)
+    for g in torch.unique(group_ids):
+        rows = group_ids == g
+        r, v = rtg[rows], valid[rows]  # [n, T]
+        count = v.sum(dim=0).clamp(min=1)  # [T]
+        centred = torch.where(v, r - (r * v).sum(dim=0) / count, torch.zeros_like(r))
+        if normalize_std:
+            scale = ((centred**2).sum() / v.sum().clamp(min=1)).sqrt()
+            if scale <= eps:  # the rows agree everywhere: no signal
+                continue
+            centred = centred / (scale + eps)
+        out[rows] = centred
+    return out
+
+
 def gae(
     rewards: Tensor,
     values: Tensor,
@@ -349,16 +404,32 @@ def grpo_loss(
     )
 
     # KL term: to the frozen reference, per token
-    log_ref_over_new = logp_ref.detach() - logp_new
-    if cfg.kl_estimator == "k3":
-        kl_tokens = log_ref_over_new.exp() - log_ref_over_new - 1
-    else:  # "k1"
-        kl_tokens = -log_ref_over_new
-    kl = _masked_mean(kl_tokens, mask, n_tokens)
+    kl = _kl_tokens_mean(logp_new, logp_ref, mask, n_tokens, cfg.kl_estimator)
 
     loss = policy_loss + cfg.kl_coef * kl
     metrics = {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **metrics, "tokens": n_tokens}
     return loss, metrics
+
+
+def _kl_tokens_mean(logp_new: Tensor, logp_ref: Tensor, mask: Tensor, n_tokens: Tensor, estimator: str) -> Tensor:
+    log_ref_over_new = logp_ref.detach() - logp_new
+    if estimator == "k3":
+        kl_tokens = log_ref_over_new.exp() - log_ref_over_new - 1
+    else:  # "k1"
+        kl_tokens = -log_ref_over_new
+    return _masked_mean(kl_tokens, mask, n_tokens)
+
+
+def reference_kl(logp_new: Tensor, logp_ref: Tensor, loss_mask: Tensor, update_streams: str = "text",
+                 estimator: str = "k3") -> Tensor:
+    """Mean per-token KL estimate to the frozen reference (``k3``: ``exp(ref - new) - (ref - new) - 1``)
+    over the tokens of ``update_streams`` in ``loss_mask`` ``[B, T]``; ``logp_*`` ``[B, 9, T]``.
+    The same term :func:`grpo_loss` adds; PPO adds it too."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"reference_kl: estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+    mask = _token_mask(logp_new, loss_mask, update_streams)
+    logp_new, logp_ref = _zero_outside(mask, logp_new, logp_ref)
+    return _kl_tokens_mean(logp_new, logp_ref, mask, mask.sum(), estimator)
 
 
 def ppo_loss(

@@ -49,7 +49,8 @@ import duplexgym  # noqa: E402,F401  (registers the envs)
 from duplexgym.agents.base import row_infos  # noqa: E402
 from duplexgym.agents.checkpoint import (  # noqa: E402
     MoshiModels, TINY_SPEC, build_tiny_lm, find_text_tokenizer, load_mimi, tiny_lm_kwargs)
-from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss, group_advantages  # noqa: E402
+from duplexgym.agents.grpo_math import (  # noqa: E402
+    GrpoConfig, grpo_loss, group_advantages, group_step_advantages)
 from duplexgym.agents.logprobs import sampled_logprob, token_logprobs  # noqa: E402
 
 from ray.rllib.algorithms.algorithm import Algorithm  # noqa: E402
@@ -71,6 +72,8 @@ AGENT_TOKENS, USER_CODES, LOSS_MASK = "agent_tokens", "user_codes", "loss_mask"
 ADVANTAGES, OLD_LOGP, REF_LOGP, GROUP = "advantages", "old_logp", "ref_logp", "group"
 SAMPLER_GAP = "sampler_logp_gap"  # per row: max |sampler - teacher-forced| text log-prob
 REF_OUTSIDE = "ref_outside_topk_frames"  # per row: of those, frames whose token the reference excludes
+STEP_REWARDS = "step_rewards"  # [B, T] env reward of env frame f + 1 at model frame f
+FAILED_EPISODES = "failed_episodes"  # per row: 1.0 when a reward term failed (left out of the loss)
 NONFINITE = "nonfinite_frames"  # per row: frames left out for a non-finite old/ref log-prob
 SAMPLER_TEXT_LOGP = "sampler_text_logp"  # [B, T] the sampler's text log-probs (ACTION_LOGP)
 FORCED = "forced"  # per-step extra model output: the env forced this frame
@@ -84,6 +87,7 @@ def _make_env(cfg: dict):
     from duplexgym.envs.replay import DuplexReplayEnv
 
     return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
+                           axis_weights=cfg.get("axis_weights"), rewards=cfg.get("rewards"),
                            obs_mode="codes", action_mode="tokens")
 
 
@@ -167,11 +171,11 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
 
             self._agent.lm_gen.on_text_logits_hook = capture
             self._segment_rng = np.random.default_rng([grpo["seed"], 2, self.worker_index])
-            from duplexgym.envs.corpus import ReplayCorpus
+            from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 
-            corpus = ReplayCorpus(self.config.env_config["corpus"])
-            pool = corpus.select(tuple(self.config.env_config["axes"]), self.config.env_config.get("segments"))
-            self._pool = sorted(s.id for s in pool)
+            env_config = self.config.env_config
+            self._sampler = SegmentSampler(ReplayCorpus(env_config["corpus"]), tuple(env_config["axes"]),
+                                           env_config.get("axis_weights"), env_config.get("segments"))
         return self._agent
 
     def grpo_state(self) -> dict:
@@ -200,8 +204,9 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             self.set_grpo_state(state[GRPO_SAMPLER_STATE])
 
     def next_segment(self) -> str:
-        """The next group's segment, from this runner's seeded stream."""
-        return self._pool[int(self._segment_rng.integers(len(self._pool)))]
+        """The next group's segment, from this runner's seeded stream (axis by ``axis_weights``,
+        then uniformly: :class:`~duplexgym.envs.corpus.SegmentSampler`, as the env draws)."""
+        return self._sampler.draw(self._segment_rng).id
 
     def sample(self, *, num_groups: int | None = None, **kwargs) -> list[SingleAgentEpisode]:
         agent = self._get_agent()
@@ -254,6 +259,10 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             t += 1
         for e in eps:
             e.custom_data["reward"] = float(e.get_return())
+            terms = e.get_infos(-1).get("reward_terms") or {}
+            axis_term = (terms.get("terms") or {}).get(e.custom_data["axis"])
+            e.custom_data["score"] = None if axis_term is None else float(axis_term["value"])
+            e.custom_data["failed"] = sorted(terms.get("failed") or {})
         return [e.to_numpy() for e in eps], t * G
 
     def stop(self):
@@ -266,16 +275,31 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
 # ------------------------------------------------------------------------------------ learner connector
 
 
-def build_grpo_batch(episodes: list[dict], normalize_std: bool = True) -> dict[str, np.ndarray]:
+ADVANTAGE_MODES = ("episode", "reward_to_go")
+
+
+def build_grpo_batch(episodes: list[dict], normalize_std: bool = True, advantage: str = "episode") -> dict[str, np.ndarray]:
     """The zero-padded learner batch of whole episodes, in model-frame order.
 
     ``episodes``: per episode ``{"actions": [N, 9], "observations": [N(+1), 8], "forced": [N] bool,
-    "reward": float, "group": hashable}`` (env-frame indexed, ``N`` steps). Model frame ``f`` is env
-    frame ``f + 1`` (:func:`~duplexgym.agents.logprobs.episode_model_frames`), so ``T = N - 1``.
+    "reward": float, "group": hashable}`` and optionally ``"rewards": [N]`` (per-step env rewards;
+    needed by ``advantage="reward_to_go"``), ``"failed": [term names]`` (an episode with a reward
+    term that failed is left out of its group's statistics and of the loss) and ``"text_logp"``.
+    Env-frame indexed, ``N`` steps. Model frame ``f`` is env frame ``f + 1``
+    (:func:`~duplexgym.agents.logprobs.episode_model_frames`), so ``T = N - 1``.
+
+    ``advantage``: ``"episode"`` (one group-normalised advantage per episode from its return,
+    :func:`~duplexgym.agents.grpo_math.group_advantages`; ``advantages [B]``) or ``"reward_to_go"``
+    (per model frame, from the per-step rewards: :func:`~duplexgym.agents.grpo_math.group_step_advantages`;
+    ``advantages [B, T]``; model frame ``f`` is credited with the env rewards of frames ``f + 1 ..``).
+
     Returns ``agent_tokens [B, 9, T]``, ``user_codes [B, 8, T]``, ``loss_mask [B, T]`` (False on
-    padding and on forced frames), ``advantages [B]`` (group-normalised), ``group [B]`` (int ids),
-    ``seq_lens [B]``.
+    padding, on forced frames and on failed episodes), ``advantages``, ``group [B]`` (int ids),
+    ``seq_lens [B]``, ``sampler_text_logp [B, T]``, ``step_rewards [B, T]`` (model frame ``f``: the
+    env reward of env frame ``f + 1``; zeros when episodes carry no ``"rewards"``).
     """
+    if advantage not in ADVANTAGE_MODES:
+        raise ValueError(f"advantage: expected one of {ADVANTAGE_MODES}, got {advantage!r}")
     B = len(episodes)
     lengths = [len(e["actions"]) - 1 for e in episodes]
     T = max(lengths)
@@ -283,6 +307,8 @@ def build_grpo_batch(episodes: list[dict], normalize_std: bool = True) -> dict[s
     user = np.zeros((B, 8, T), np.int64)
     mask = np.zeros((B, T), bool)
     text_logp = np.zeros((B, T), np.float32)
+    step_rewards = np.zeros((B, T), np.float64)
+    usable = np.array([not e.get("failed") for e in episodes], bool)
     for b, e in enumerate(episodes):
         a = np.asarray(e["actions"], np.int64)  # [N, 9]
         o = np.asarray(e["observations"], np.int64)[: len(a)]  # [N, 8] user frames fed at steps 0..N-1
@@ -290,36 +316,63 @@ def build_grpo_batch(episodes: list[dict], normalize_std: bool = True) -> dict[s
         tokens[b, :, :n] = a[1:].T  # model frames 0..N-2 = env frames 1..N-1
         user[b, :, :n] = o[:-1].T  # user frames fed at steps 0..N-2
         forced = np.asarray(e["forced"], bool)[1:]  # env frames 1..N-1
-        mask[b, :n] = ~forced
+        mask[b, :n] = ~forced & usable[b]
         if e.get("text_logp") is not None:
             text_logp[b, :n] = np.asarray(e["text_logp"], np.float32)[1:]
+        if e.get("rewards") is not None:
+            step_rewards[b, :n] = np.asarray(e["rewards"], np.float64)[1:]  # env frame f + 1 -> model frame f
+        elif advantage == "reward_to_go":
+            raise ValueError("advantage='reward_to_go' needs each episode's per-step 'rewards'")
     keys = {g: i for i, g in enumerate(dict.fromkeys(e["group"] for e in episodes))}
     groups = np.array([keys[e["group"]] for e in episodes], np.int64)
-    rewards = torch.tensor([float(e["reward"]) for e in episodes], dtype=torch.float64)
-    adv = group_advantages(rewards, torch.from_numpy(groups), normalize_std=normalize_std).numpy().astype(np.float32)
-    return {AGENT_TOKENS: tokens, USER_CODES: user, LOSS_MASK: mask, SAMPLER_TEXT_LOGP: text_logp, ADVANTAGES: adv, GROUP: groups,
-            Columns.SEQ_LENS: np.asarray(lengths, np.int32)}
+    # Failed episodes sit in a group of their own (id -1 - b): they never shift their group's mean.
+    stat_groups = torch.from_numpy(np.where(usable, groups, -1 - np.arange(B)))
+    if advantage == "episode":
+        rewards = torch.tensor([float(e["reward"]) for e in episodes], dtype=torch.float64)
+        adv = group_advantages(rewards, stat_groups, normalize_std=normalize_std)
+    else:
+        valid = torch.from_numpy(np.arange(T)[None, :] < np.asarray(lengths)[:, None])
+        adv = group_step_advantages(torch.from_numpy(step_rewards), valid, stat_groups, normalize_std=normalize_std)
+    adv = torch.where(torch.from_numpy(usable).reshape((B,) + (1,) * (adv.dim() - 1)), adv, torch.zeros_like(adv))
+    return {AGENT_TOKENS: tokens, USER_CODES: user, LOSS_MASK: mask, SAMPLER_TEXT_LOGP: text_logp,
+            ADVANTAGES: adv.numpy().astype(np.float32), GROUP: groups, Columns.SEQ_LENS: np.asarray(lengths, np.int32),
+            STEP_REWARDS: step_rewards,
+            FAILED_EPISODES: (~usable).astype(np.float32)}
 
 
 def _episode_record(e: SingleAgentEpisode) -> dict:
     return {"actions": e.get_actions(), "observations": e.get_observations(),
             "forced": e.get_extra_model_outputs(FORCED), "text_logp": e.get_extra_model_outputs(Columns.ACTION_LOGP),
-            "reward": e.custom_data["reward"],
-            "group": e.custom_data["group"]}
+            "reward": e.custom_data["reward"], "rewards": e.get_rewards(),
+            "failed": e.custom_data.get("failed") or [], "group": e.custom_data["group"]}
 
 
 class GrpoConnector(ConnectorV2):
     """Learner connector: whole episodes -> the padded GRPO batch, with old and reference log-probs."""
+
+    @staticmethod
+    def settings(rl_module) -> dict:
+        module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
+        return dict((module.model_config or {}).get("train", {}))
+
+    def policy_pass(self, module, t: dict, cols: dict) -> torch.Tensor:
+        """``[B, 9, T]`` teacher-forced log-probs under the learner's weights (no grad); a subclass
+        may keep more of the same pass in ``cols`` (PPO: the values)."""
+        return module.logprobs(module.lm, t)
+
+    def add_columns(self, module, cols: dict) -> None:
+        """Hook for subclasses (PPO adds GAE advantages and returns); GRPO adds nothing."""
 
     def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None, **kwargs):
         eps = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
         if not eps:
             return batch
         module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
-        cols = build_grpo_batch([_episode_record(e) for e in eps])
+        settings = self.settings(rl_module)
+        cols = build_grpo_batch([_episode_record(e) for e in eps], advantage=settings.get("advantage", "episode"))
         with torch.no_grad():
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
-            old = module.logprobs(module.lm, t)
+            old = self.policy_pass(module, t, cols)
             ref = module.logprobs(module.ref_lm, t)
         # A token the teacher-forced pass puts outside the top-k (float rounding at the k-th logit)
         # has no finite ratio: leave its frame out, and count it.
@@ -339,6 +392,7 @@ class GrpoConnector(ConnectorV2):
         old[:, 0] = torch.where(torch.isfinite(sampler), sampler, old[:, 0])
         cols[OLD_LOGP] = old.numpy()
         cols[REF_LOGP] = ref.numpy()
+        self.add_columns(module, cols)
         batch[DEFAULT_MODULE_ID] = cols
         if shared_data is not None:
             shared_data[f"_zero_padded_for_mid={DEFAULT_MODULE_ID}"] = True
@@ -350,18 +404,22 @@ class GrpoConnector(ConnectorV2):
 
 class GrpoLearner(TorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        grpo = config.env_config["grpo"]
-        cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=grpo["clip_eps"],
-                         kl_coef=grpo["kl_coef"], update_streams="text")
+        train = self.module[module_id].model_config["train"]
+        cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=train["clip_eps"],
+                         kl_coef=train["kl_coef"], update_streams=train["update_streams"])
         loss, metrics = grpo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[REF_LOGP], batch[ADVANTAGES],
                                   batch[LOSS_MASK].bool(), cfg)
+        self.log_metrics(module_id, batch, loss, metrics, "grpo_loss")
+        return loss
+
+    def log_metrics(self, module_id, batch, loss, metrics: dict, loss_name: str) -> None:
         metrics["nonfinite_frames"] = batch[NONFINITE].sum()
         metrics["ref_outside_topk_frames"] = batch[REF_OUTSIDE].sum()
+        metrics["failed_episodes"] = batch[FAILED_EPISODES].sum()
         metrics["adv_abs_mean"] = batch[ADVANTAGES].abs().mean()
         metrics["sampler_logp_gap"] = batch[SAMPLER_GAP].max()
-        self.metrics.log_dict({"grpo_loss": loss.item(), **{k: float(v) for k, v in metrics.items()}},
+        self.metrics.log_dict({loss_name: loss.item(), "loss": loss.item(), **{k: float(v) for k, v in metrics.items()}},
                               key=module_id, window=1)
-        return loss
 
 
 # ------------------------------------------------------------------------------------ algorithm
@@ -380,7 +438,19 @@ class GrpoAlgoConfig(AlgorithmConfig):
         return GrpoLearner
 
 
+#: How long a training iteration waits for Ray to bring a dead env runner back (seconds).
+RUNNER_RESTORE_TIMEOUT_S = 180.0
+
+
 class GrpoAlgorithm(Algorithm):
+    """Samples groups on the env runners, one learner update, weight sync (GRPO and PPO alike).
+
+    Fault tolerance: with remote env runners (``restart_failed_env_runners``), a runner that dies
+    loses only its share of the current iteration's rollouts: Ray restarts the actor, the
+    iteration waits for it, gives it the learner's weights and the segment schedule the dead one
+    had when the iteration began, and samples that share again. No finished iteration is lost,
+    and the restarted runner replays the segments the dead one would have."""
+
     @classmethod
     def get_default_config(cls):
         return GrpoAlgoConfig()
@@ -388,110 +458,180 @@ class GrpoAlgorithm(Algorithm):
     last_episodes: list = []
     last_grpo: dict = {}
 
+    def _sampling_remote(self) -> bool:
+        return self.env_runner_group.num_remote_env_runners() > 0
+
+    def _sample(self) -> tuple[list, int]:
+        """Every sampling runner's episodes and metrics (``[(worker_index, episodes, metrics, state)]``,
+        sorted by runner) and the number of runners restored on the way."""
+        def work(runner):
+            episodes = runner.sample()
+            return int(runner.worker_index), episodes, runner.get_metrics(), runner.grpo_state()
+
+        if not self._sampling_remote():
+            return [work(self.env_runner)], 0
+        group = self.env_runner_group
+        expected = set(range(1, group.num_remote_env_runners() + 1))
+        results = group.foreach_env_runner(work, local_env_runner=False)
+        restored_total = 0
+        deadline = time.monotonic() + RUNNER_RESTORE_TIMEOUT_S
+        while missing := sorted(expected - {r[0] for r in results}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"env runner(s) {missing} died and did not come back within "
+                                   f"{RUNNER_RESTORE_TIMEOUT_S:.0f} s; the finished iterations are kept "
+                                   "(resume from the last checkpoint)")
+            restored = self.restore_env_runners(group)
+            back = sorted(set(restored) & set(missing))
+            if not back:
+                time.sleep(1.0)
+                continue
+            restored_total += len(back)
+            group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+            for idx in back:
+                state = self.runner_states.get(idx)
+                if state is not None:  # a runner that died in its first iteration starts fresh, as it did
+                    group.foreach_env_runner(lambda r, state=state: r.set_grpo_state(state),
+                                             remote_worker_ids=[idx], local_env_runner=False)
+            results += group.foreach_env_runner(work, remote_worker_ids=back, local_env_runner=False)
+        return sorted(results, key=lambda r: r[0]), restored_total
+
+    @property
+    def runner_states(self) -> dict:
+        """``{worker_index: GrpoEnvRunner.grpo_state()}`` after the last finished sampling."""
+        if "_runner_states" not in self.__dict__:
+            self._runner_states = {}
+        return self._runner_states
+
     def training_step(self):
-        remote = self.env_runner_group.num_remote_env_runners() > 0
         t0 = time.perf_counter()
-        results = self.env_runner_group.foreach_env_runner(
-            lambda r: (r.sample(), r.get_metrics()), local_env_runner=not remote)
+        results, restored = self._sample()
         sample_s = time.perf_counter() - t0
-        episodes = [e for eps, _ in results for e in eps]
-        self.metrics.aggregate([m for _, m in results], key="env_runners")
+        self.runner_states.update({idx: state for idx, _, _, state in results})
+        episodes = [e for _, eps, _, _ in results for e in eps]
+        self.metrics.aggregate([m for _, _, m, _ in results], key="env_runners")
         frames = sum(len(e) for e in episodes)
+        epochs = int(self.config.rl_module_spec.model_config["train"]["epochs"])
         t1 = time.perf_counter()
-        learner_results = self.learner_group.update(episodes=episodes, num_epochs=1, minibatch_size=None,
+        learner_results = self.learner_group.update(episodes=episodes, num_epochs=epochs, minibatch_size=None,
                                                     timesteps={"num_env_steps_sampled_lifetime": frames})
         update_s = time.perf_counter() - t1
         self.metrics.aggregate(learner_results, key="learners")
+        t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        sync_s = time.perf_counter() - t2
         by_axis: dict[str, list] = {}
+        scores: dict[str, list] = {}
         for e in episodes:
             by_axis.setdefault(e.custom_data["axis"], []).append(e.custom_data["reward"])
+            if e.custom_data.get("score") is not None:
+                scores.setdefault(e.custom_data["axis"], []).append(e.custom_data["score"])
         self.last_episodes = episodes
+        total = sample_s + update_s + sync_s
         self.last_grpo = {"episodes": len(episodes), "frames": frames, "sample_s": sample_s, "update_s": update_s,
+                          "sync_s": sync_s, "learner_share": update_s / total if total > 0 else float("nan"),
                           "frames_per_s": frames / sample_s if sample_s > 0 else float("nan"),
+                          "iteration_frames_per_s": frames / total if total > 0 else float("nan"),
                           "reward_mean": {a: float(np.mean(v)) for a, v in by_axis.items()},
+                          "score_mean": {a: float(np.mean(v)) for a, v in scores.items()},
+                          "failed_episodes": sum(1 for e in episodes if e.custom_data.get("failed")),
+                          "runners_restored": restored,
                           "groups": sorted({e.custom_data["group"] for e in episodes}),
                           "segments": sorted({e.custom_data["segment"] for e in episodes})}
         return None
 
 
-def grpo_config(corpus, group_size: int = 4, segments_per_iter: int = 2, lr: float = 1e-4, kl_coef: float = 0.05,
-                clip_eps: float = 0.2, seed: int = 0, axes=("turn",), segments=None, num_env_runners: int = 0,
-                sampler: dict | None = None) -> AlgorithmConfig:
-    """The ``AlgorithmConfig`` of :class:`GrpoAlgorithm` (``segments_per_iter`` groups over all runners)."""
+def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
+    """The ``AlgorithmConfig`` of a validated :class:`~duplexgym.agents.train_config.TrainConfig`:
+    GRPO (:class:`GrpoRLModule`, :class:`GrpoLearner`) or PPO (:mod:`duplexgym.agents.rllib_ppo`).
+    ``segments``: sample only these segment ids (default: ``cfg.segments``)."""
     from ray.tune.registry import register_env
 
     from duplexgym.envs.replay import AUDIO_CARD, N_CODEBOOKS, TEXT_CARD
 
     register_env(ENV_NAME, _make_env)
-    n_runners = max(1, int(num_env_runners))
-    if segments_per_iter % n_runners:
-        raise ValueError(f"segments_per_iter={segments_per_iter} must split evenly over {n_runners} env runners")
-    sampler = {**DEFAULT_SAMPLER, **(sampler or {})}
-    grpo = {"seed": int(seed), "groups_per_runner": segments_per_iter // n_runners, "kl_coef": float(kl_coef),
-            "clip_eps": float(clip_eps), **sampler}
-    env_config = {"corpus": str(corpus), "axes": list(axes), "segments": list(segments) if segments else None,
-                  "grpo": grpo}
+    n_runners = max(1, int(cfg.env_runners))
+    if cfg.segments_per_iteration % n_runners:
+        raise ValueError(f"segments_per_iteration={cfg.segments_per_iteration} must split evenly over "
+                         f"{n_runners} env runners")
+    sampler = dict(DEFAULT_SAMPLER)
+    grpo = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners, **sampler}
+    segments = segments if segments is not None else cfg.segments
+    env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
+                  "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "grpo": grpo}
+    train = {k: getattr(cfg, k) for k in ("algorithm", "clip_eps", "kl_coef", "update_streams", "advantage", "epochs",
+                                          "gamma", "lam", "vf_coef")}
+    if cfg.algorithm == "ppo":
+        from duplexgym.agents.rllib_ppo import PpoAlgoConfig, PpoConnector, PpoLearner, PpoRLModule
+
+        config_cls, module_cls, learner_cls, connector_cls = PpoAlgoConfig, PpoRLModule, PpoLearner, PpoConnector
+    else:
+        config_cls, module_cls, learner_cls, connector_cls = GrpoAlgoConfig, GrpoRLModule, GrpoLearner, GrpoConnector
     obs_space = spaces.MultiDiscrete([AUDIO_CARD] * N_CODEBOOKS)
     act_space = spaces.MultiDiscrete([TEXT_CARD] + [AUDIO_CARD] * N_CODEBOOKS)
     return (
-        GrpoAlgoConfig()
+        config_cls()
         .environment(ENV_NAME, env_config=env_config)
         .framework("torch")
-        .env_runners(env_runner_cls=GrpoEnvRunner, num_env_runners=int(num_env_runners),
-                     num_envs_per_env_runner=int(group_size), sample_timeout_s=None,
+        .env_runners(env_runner_cls=GrpoEnvRunner, num_env_runners=int(cfg.env_runners),
+                     num_envs_per_env_runner=int(cfg.group_size), sample_timeout_s=None,
                      gym_env_vectorize_mode="sync")
-        .learners(num_learners=0, learner_class=GrpoLearner, learner_connector=lambda obs, act: [GrpoConnector(), NumpyToTensor()],
+        .learners(num_learners=0, learner_class=learner_cls,
+                  learner_connector=lambda obs, act: [connector_cls(), NumpyToTensor()],
                   add_default_connectors_to_learner_pipeline=False)
-        .training(lr=lr)
-        .rl_module(rl_module_spec=RLModuleSpec(module_class=GrpoRLModule, observation_space=obs_space,
-                                               action_space=act_space, model_config=sampler))
-        .debugging(seed=int(seed))
+        .training(lr=cfg.lr)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
+                                               action_space=act_space, model_config={**sampler, "train": train}))
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
+                         delay_between_env_runner_restarts_s=1.0)
+        .debugging(seed=int(cfg.seed))
     )
 
 
-def train_grpo(corpus, iterations: int, group_size: int = 4, segments_per_iter: int = 2, lr: float = 1e-4,
-               kl_coef: float = 0.05, seed: int = 0, axes=("turn",), num_env_runners: int = 0,
-               ray_temp_dir: str | os.PathLike | None = None, segments=None, clip_eps: float = 0.2,
-               on_iteration=None, resume: str | os.PathLike | None = None, on_start=None) -> list[dict]:
-    """Run GRPO iterations on a local Ray; per-iteration metrics (reward mean per axis, loss, kl,
-    frames/s, ...). ``on_iteration(algo, metrics)`` is called after each one.
+def start_ray(address: str | None = None, temp_dir: str | os.PathLike | None = None) -> bool:
+    """Start a local Ray (``address`` None) or join the cluster at ``address``; False if Ray was
+    already running in this process (then nothing is started)."""
+    import ray
 
-    ``iterations`` counts from the start of training: with ``resume`` (a folder written by
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": {"NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}}
+    if address is not None:
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
+        return True
+    temp = Path(temp_dir or Path("/tmp") / f"duplexgym-ray-{os.getpid()}")
+    temp.mkdir(parents=True, exist_ok=True)
+    ray.init(_temp_dir=str(temp), include_dashboard=False, num_cpus=max(2, os.cpu_count() or 1), log_to_driver=False,
+             runtime_env=runtime_env)
+    return True
+
+
+def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None, on_start=None,
+                 ray_temp_dir: str | os.PathLike | None = None, segments=None) -> list[dict]:
+    """Run ``cfg`` (a validated :class:`~duplexgym.agents.train_config.TrainConfig`) on Ray: a local
+    one, or the cluster at ``cfg.ray_address``. Returns per-iteration metrics (reward and axis-score
+    means per axis, loss, kl, frames/s, ...); ``on_iteration(algo, metrics)`` is called after each.
+
+    ``cfg.iterations`` counts from the start of training: with ``resume`` (a folder written by
     :func:`save_training_checkpoint`) the algorithm (weights, Adam state, the runners' segment
     schedule) is restored and iterations ``k .. iterations - 1`` run, ``k`` the checkpoint's
     finished iterations. ``on_start(algo, k)`` is called once the algorithm is built (and restored)."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        temp = Path(ray_temp_dir or Path("/tmp") / f"duplexgym-ray-{os.getpid()}")
-        temp.mkdir(parents=True, exist_ok=True)
-        ray.init(_temp_dir=str(temp), include_dashboard=False, num_cpus=2, log_to_driver=False,
-                 runtime_env={"env_vars": {"NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                                           "RAY_AUTH_MODE": "disabled"}})
-        started = True
+    started = start_ray(cfg.ray_address, ray_temp_dir)
     algo = None
     out = []
     try:
-        algo = grpo_config(corpus, group_size, segments_per_iter, lr, kl_coef, clip_eps, seed, axes, segments,
-                           num_env_runners).build_algo()
+        algo = algorithm_config(cfg, segments).build_algo()
         start = restore_training_checkpoint(algo, resume) if resume is not None else 0
         if on_start is not None:
             on_start(algo, start)
-        for i in range(start, iterations):
+        for i in range(start, cfg.iterations):
             t0 = time.perf_counter()
             result = algo.train()
             learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
             m = dict(algo.last_grpo)
             m.update(iteration=i, wall_s=time.perf_counter() - t0,
-                     loss=_num(learner.get("grpo_loss")), kl=_num(learner.get("kl")),
-                     policy_loss=_num(learner.get("policy_loss")), clip_fraction=_num(learner.get("clip_fraction")),
-                     ratio_mean=_num(learner.get("ratio_mean")), tokens=_num(learner.get("tokens")),
-                     nonfinite_frames=_num(learner.get("nonfinite_frames")),
-                     adv_abs_mean=_num(learner.get("adv_abs_mean")),
-                     sampler_logp_gap=_num(learner.get("sampler_logp_gap")),
-                     ref_outside_topk_frames=_num(learner.get("ref_outside_topk_frames")))
+                     **{k: _num(learner.get(k)) for k in LEARNER_METRICS})
             out.append(m)
             if on_iteration is not None:
                 on_iteration(algo, m)
@@ -501,6 +641,12 @@ def train_grpo(corpus, iterations: int, group_size: int = 4, segments_per_iter: 
         if started:
             ray.shutdown()
     return out
+
+
+#: Learner metrics copied into each iteration's row (NaN when the algorithm has none, e.g. value_loss for GRPO).
+LEARNER_METRICS = ("loss", "kl", "policy_loss", "value_loss", "clip_fraction", "ratio_mean", "approx_kl", "tokens",
+                   "nonfinite_frames", "adv_abs_mean", "sampler_logp_gap", "ref_outside_topk_frames", "value_mean",
+                   "return_mean")
 
 
 def _num(x) -> float:
@@ -591,6 +737,7 @@ def restore_training_checkpoint(algo, path: str | os.PathLike) -> int:
         raise ValueError(f"resume: the checkpoint has {len(states)} env runner state(s); this run samples on "
                          f"{max(1, algo.env_runner_group.num_remote_env_runners())}; resume with the same env_runners")
     _sampling_runners(algo, apply)
+    algo.runner_states.update(states)
     return int(meta["iterations_done"])
 
 

@@ -22,8 +22,8 @@ The run folder (``out``) gets, overwriting these three files only:
 
 ``--resume OUT/checkpoints/iter_XXXX`` continues training from such a checkpoint up to
 ``iterations`` (a total, not a number of further iterations), keeping ``metrics.jsonl``'s rows of
-the iterations before it. The checkpoint's ``corpus``, ``axes``, ``group_size``,
-``segments_per_iteration``, ``env_runners`` and ``seed`` must equal the config's.
+the iterations before it. The checkpoint's ``algorithm``, ``corpus``, ``axes``, ``axis_weights``, ``segments``,
+``group_size``, ``segments_per_iteration``, ``env_runners`` and ``seed`` must equal the config's.
 
 Ray (and :mod:`duplexgym.agents.rllib_grpo`, which imports it) is imported only after the config
 validated.
@@ -49,7 +49,8 @@ POLICY_NAME = "policy"
 CHECKPOINTS_NAME = "checkpoints"
 RUNNER_STATE_NAME = "grpo_runners.json"  # = rllib_grpo.RUNNER_STATE_NAME (not imported: it imports Ray)
 #: Config fields a resumed run must share with its checkpoint.
-RESUME_KEYS = ("corpus", "axes", "group_size", "segments_per_iteration", "env_runners", "seed")
+RESUME_KEYS = ("algorithm", "corpus", "axes", "axis_weights", "segments", "group_size", "segments_per_iteration", "env_runners",
+               "seed")
 AXIS_COLOURS = {"pause": (66, 133, 244), "turn": (245, 150, 30), "backchannel": (52, 168, 83),
                 "interruption": (220, 30, 30)}
 
@@ -121,13 +122,11 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         if on_iteration is not None:
             on_iteration(row)
 
-    from duplexgym.agents.rllib_grpo import export_policy, save_training_checkpoint, train_grpo  # imports Ray: only now
+    from duplexgym.agents.rllib_grpo import export_policy, save_training_checkpoint, train_policy  # imports Ray: only now
 
     t0 = time.perf_counter()
-    train_grpo(cfg.corpus, iterations=cfg.iterations, group_size=cfg.group_size,
-               segments_per_iter=cfg.segments_per_iteration, lr=cfg.lr, kl_coef=cfg.kl_coef, seed=cfg.seed,
-               axes=cfg.axes, num_env_runners=cfg.env_runners, clip_eps=cfg.clip_eps, on_iteration=record,
-               resume=None if resume is None else Path(resume).expanduser().resolve(), on_start=on_start)
+    train_policy(cfg, on_iteration=record, resume=None if resume is None else Path(resume).expanduser().resolve(),
+                 on_start=on_start)
     write_reward_curve(out / CURVE_NAME, rows, cfg.axes)
     return {"algorithm": cfg.algorithm, "out": str(out), "iterations": rows,
             "reward_mean": dict(rows[-1]["reward_mean"]) if rows else {},

@@ -2,32 +2,43 @@
 
 A config (relative paths are read from the current working directory, as the other commands do)::
 
-    algorithm: grpo                  # grpo | ppo (ppo: known, not available yet)
+    algorithm: grpo                  # grpo | ppo (PPO with a value head on the LM's hidden state)
     corpus: runs/default-corpus      # a built corpus folder WITH Mimi codes (--codec tiny)
     model: tiny                      # tiny | a Moshi checkpoint folder (checked; training it: not yet)
     out: runs/grpo-tiny              # the run folder: metrics.jsonl, config.yaml, reward_curve.png
     group_size: 4                    # G rollouts per segment (>= 2)
     segments_per_iteration: 2        # groups per iteration, split evenly over the env runners
-    iterations: 3                    # training iterations (one learner update each)
+    iterations: 3                    # training iterations (one learner update of `epochs` passes each)
+    epochs: 1                        # passes over each iteration's batch (>= 1)
     lr: 1.0e-4                       # Adam learning rate (> 0); write 1.0e-4, YAML reads 1e-4 as text
     kl_coef: 0.05                    # weight of the k3 KL to the frozen reference (>= 0)
     clip_eps: 0.2                    # PPO-style ratio clip (0 < clip_eps < 1)
+    update_streams: text             # text | audio | all: the token streams the loss covers
+    advantage: episode               # grpo: episode (one per rollout) | reward_to_go (per frame)
+    gamma: 1.0                       # ppo: discount per 80 ms frame, in [0, 1]
+    lam: 0.95                        # ppo: GAE lambda, in [0, 1]
+    vf_coef: 0.5                     # ppo: weight of the value loss (>= 0)
     axes: [turn]                     # non-empty subset of pause, turn, backchannel, interruption
-    axis_weights: null               # not supported by GRPO training yet: null only
-    rewards: null                    # a reward spec (mapping or YAML path), validated; non-null: not yet
+    axis_weights: null               # null (uniform over axes) or {axis: weight >= 0}: the axis mix
+    segments: null                   # null (every segment of the axes) or a list of segment ids to train on
+    rewards: null                    # null (the env's default spec, text reader) | a reward spec mapping or YAML path
     env_runners: 0                   # remote env runners (0: sample in the driver)
     seed: 0                          # seeds segment choice and sampling (>= 0)
     checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
-    ray_address: null                # null: a local Ray; a cluster address: not supported yet
+    ray_address: null                # null: start a local Ray; an address ("auto", "HOST:PORT", "ray://HOST:PORT"): join that cluster
 
 Every mistake raises :class:`TrainConfigError` (a ``ValueError``; the CLI exits 2) naming the field,
 e.g. ``axes[1]: unknown axis 'turns'; known: pause, turn, backchannel, interruption``. Loading
 never imports or starts Ray: the corpus is checked by reading its ``corpus.json`` and manifest,
-a checkpoint folder by :func:`~duplexgym.agents.checkpoint.resolve_checkpoint` (no weights loaded).
+a checkpoint folder by :func:`~duplexgym.agents.checkpoint.resolve_checkpoint` (no weights loaded),
+a reward spec by :func:`~duplexgym.rewards.spec.load_spec`.
 
-What :func:`~duplexgym.agents.rllib_grpo.train_grpo` cannot do yet is refused, never ignored:
-``algorithm: ppo``, a checkpoint-folder ``model`` (GRPO trains the tiny random Moshi only),
-``axis_weights``, ``rewards`` (the GRPO env uses the env's default reward spec) and ``ray_address``.
+What training cannot do yet is refused, never ignored: a checkpoint-folder ``model`` (training
+builds the tiny random Moshi), a reward spec whose activity reader is ``vad`` (the env would
+decode every rollout's audio; use ``text``), fields of one algorithm set in the other's config
+(``advantage`` for PPO; ``gamma``, ``lam``, ``vf_coef`` for GRPO).
+On a cluster (``ray_address``) ``corpus`` and ``out`` must be paths every node can read (a shared
+file system) and duplexgym must be installed on every node.
 Checkpoints (``out/checkpoints/iter_XXXX``, ``out/policy``): see :mod:`duplexgym.agents.train`.
 """
 
@@ -43,7 +54,10 @@ from typing import Any
 from duplexgym import AXES
 
 KNOWN_ALGORITHMS = ("grpo", "ppo")
-AVAILABLE_ALGORITHMS = ("grpo",)
+UPDATE_STREAMS = ("text", "audio", "all")  # = grpo_math.UPDATE_STREAMS (not imported: it imports torch)
+ADVANTAGES = ("episode", "reward_to_go")
+#: Fields only one algorithm reads, and their defaults: setting one for the other is an error.
+ALGORITHM_FIELDS = {"grpo": {"advantage": "episode"}, "ppo": {"gamma": 1.0, "lam": 0.95, "vf_coef": 0.5}}
 TINY_MODEL = "tiny"
 
 
@@ -66,7 +80,7 @@ class TrainConfig:
     out: str
     """Run folder: ``metrics.jsonl``, ``config.yaml``, ``reward_curve.png``."""
     algorithm: str = "grpo"
-    """``grpo`` (``ppo`` is known but not available yet)."""
+    """``grpo`` (group-relative advantages, no value function) or ``ppo`` (GAE with a value head)."""
     model: str = TINY_MODEL
     """``tiny`` (the tiny random Moshi); a checkpoint folder is checked, then refused (not yet)."""
     group_size: int = 4
@@ -75,18 +89,36 @@ class TrainConfig:
     """Groups (one segment each) sampled per iteration; a multiple of ``max(1, env_runners)``."""
     iterations: int = 3
     """Training iterations, one learner update each (>= 1)."""
+    epochs: int = 1
+    """Passes of the learner over each iteration's batch (>= 1); the ratio clip matters from the second."""
     lr: float = 1e-4
     """Adam learning rate (> 0)."""
     kl_coef: float = 0.05
     """Weight of the KL to the frozen reference (>= 0)."""
     clip_eps: float = 0.2
     """Clip of the probability ratio (0 < clip_eps < 1)."""
+    update_streams: str = "text"
+    """Token streams the policy loss covers: ``text`` (stream 0, the stable published recipe),
+    ``audio`` (the 8 codebooks) or ``all``."""
+    advantage: str = "episode"
+    """GRPO: ``episode`` (one group-normalised advantage per rollout, from its return) or
+    ``reward_to_go`` (per frame, from the rewards still to come: credit in time for dense shaping)."""
+    gamma: float = 1.0
+    """PPO: discount per 80 ms frame, in [0, 1]."""
+    lam: float = 0.95
+    """PPO: GAE lambda, in [0, 1]."""
+    vf_coef: float = 0.5
+    """PPO: weight of the value loss (>= 0)."""
     axes: tuple[str, ...] = ("turn",)
     """Interactivity axes whose segments are trained on (subset of ``duplexgym.AXES``)."""
     axis_weights: dict | None = None
-    """Per-axis weights; must be null (not supported by GRPO training yet)."""
+    """``{axis: weight >= 0}``: each group's axis is drawn with these weights, then its segment
+    uniformly (:class:`~duplexgym.envs.corpus.SegmentSampler`); null: every axis weight 1."""
+    segments: tuple[str, ...] | None = None
+    """Segment ids to train on (each of one of ``axes``); null: every segment of ``axes``."""
     rewards: dict | None = None
-    """Reward spec (validated with ``duplexgym.rewards.spec.load_spec``); must be null for now."""
+    """The env's reward spec as a mapping (``RewardSpec.to_dict()`` of the validated spec); null: the
+    env's default (every axis term, weight 1, the text reader, no dense shaping)."""
     env_runners: int = 0
     """Remote env-runner actors (0: sample in the driver process)."""
     seed: int = 0
@@ -95,12 +127,17 @@ class TrainConfig:
     """Iterations between checkpoints (``out/checkpoints/iter_XXXX``, plus ``out/policy``); one is also
     written after the last iteration; 0: after the last iteration only."""
     ray_address: str | None = None
-    """Ray cluster address; only null (a local Ray) is supported yet."""
+    """Ray cluster to join (``ray.init(address=...)``); null: start a local Ray."""
 
     def to_dict(self) -> dict:
         """The resolved config as plain YAML-able values (written to ``out/config.yaml``)."""
         d = dataclasses.asdict(self)
         d["axes"] = list(self.axes)
+        d["segments"] = None if self.segments is None else list(self.segments)
+        for name, fields in ALGORITHM_FIELDS.items():
+            if name != self.algorithm:
+                for key in fields:
+                    d.pop(key)
         return d
 
 
@@ -132,12 +169,20 @@ def config_from_dict(raw: Any) -> TrainConfig:
             raise TrainConfigError(f"{key}: required field is missing")
 
     algorithm = _choice(raw.get("algorithm", "grpo"), "algorithm", KNOWN_ALGORITHMS)
-    if algorithm not in AVAILABLE_ALGORITHMS:
-        raise TrainConfigError(f"algorithm: {algorithm!r} is known but not available yet; "
-                               f"available: {', '.join(AVAILABLE_ALGORITHMS)}")
+    for other, fields in ALGORITHM_FIELDS.items():
+        for key in fields:
+            if other != algorithm and raw.get(key) is not None:
+                raise TrainConfigError(f"{key}: only used by algorithm {other}; this config trains {algorithm} "
+                                       "(remove the field)")
     group_size = _int(raw.get("group_size", 4), "group_size", minimum=2)
     segments = _int(raw.get("segments_per_iteration", 2), "segments_per_iteration", minimum=1)
     iterations = _int(raw.get("iterations", 3), "iterations", minimum=1)
+    epochs = _int(raw.get("epochs", 1), "epochs", minimum=1)
+    update_streams = _choice(raw.get("update_streams", "text"), "update_streams", UPDATE_STREAMS)
+    advantage = _choice(_given(raw, "advantage", "episode"), "advantage", ADVANTAGES)
+    gamma = _float(_given(raw, "gamma", 1.0), "gamma", low=0.0, high=1.0, high_closed=True)
+    lam = _float(_given(raw, "lam", 0.95), "lam", low=0.0, high=1.0, high_closed=True)
+    vf_coef = _float(_given(raw, "vf_coef", 0.5), "vf_coef", low=0.0)
     lr = _float(raw.get("lr", 1e-4), "lr", low=0.0, low_open=True)
     kl_coef = _float(raw.get("kl_coef", 0.05), "kl_coef", low=0.0)
     clip_eps = _float(raw.get("clip_eps", 0.2), "clip_eps", low=0.0, low_open=True, high=1.0)
@@ -150,20 +195,17 @@ def config_from_dict(raw: Any) -> TrainConfig:
     axis_weights = _axis_weights(raw.get("axis_weights"), axes)
     rewards = _rewards(raw.get("rewards"))
     checkpoint_interval = _int(raw.get("checkpoint_interval", 0), "checkpoint_interval", minimum=0)
-    ray_address = raw.get("ray_address")
-    if ray_address is not None:
-        if not isinstance(ray_address, str) or not ray_address.strip():
-            raise TrainConfigError(f"ray_address: expected null or an address string, got {ray_address!r}")
-        raise TrainConfigError(f"ray_address: {ray_address!r}: training on a Ray cluster is not supported yet "
-                               "(train_grpo starts a local Ray); set null")
+    ray_address = _ray_address(raw.get("ray_address"))
     out = _out(raw["out"])
     model = _model(raw.get("model", TINY_MODEL))
     corpus = _corpus(raw["corpus"], axes, model)
+    segment_ids = _segments(raw.get("segments"), corpus, axes)
     return TrainConfig(corpus=corpus, out=out, algorithm=algorithm, model=model, group_size=group_size,
-                       segments_per_iteration=segments, iterations=iterations, lr=lr, kl_coef=kl_coef,
-                       clip_eps=clip_eps, axes=axes, axis_weights=axis_weights, rewards=rewards,
-                       env_runners=env_runners, seed=seed, checkpoint_interval=checkpoint_interval,
-                       ray_address=ray_address)
+                       segments_per_iteration=segments, iterations=iterations, epochs=epochs, lr=lr,
+                       kl_coef=kl_coef, clip_eps=clip_eps, update_streams=update_streams, advantage=advantage,
+                       gamma=gamma, lam=lam, vf_coef=vf_coef, axes=axes, axis_weights=axis_weights, segments=segment_ids,
+                       rewards=rewards, env_runners=env_runners, seed=seed,
+                       checkpoint_interval=checkpoint_interval, ray_address=ray_address)
 
 
 # ------------------------------------------------------------------------------------ field checks
@@ -177,8 +219,13 @@ def _int(value: Any, where: str, minimum: int | None = None) -> int:
     return int(value)
 
 
+def _given(raw: dict, key: str, default: Any) -> Any:
+    value = raw.get(key)
+    return default if value is None else value
+
+
 def _float(value: Any, where: str, low: float | None = None, low_open: bool = False,
-           high: float | None = None) -> float:
+           high: float | None = None, high_closed: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         hint = ""
         if isinstance(value, str):
@@ -193,8 +240,8 @@ def _float(value: Any, where: str, low: float | None = None, low_open: bool = Fa
         raise TrainConfigError(f"{where}: expected a finite number, got {value}")
     if low is not None and (value <= low if low_open else value < low):
         raise TrainConfigError(f"{where}: must be {'>' if low_open else '>='} {low:g}, got {value:g}")
-    if high is not None and value >= high:
-        raise TrainConfigError(f"{where}: must be < {high:g}, got {value:g}")
+    if high is not None and (value > high if high_closed else value >= high):
+        raise TrainConfigError(f"{where}: must be {'<=' if high_closed else '<'} {high:g}, got {value:g}")
     return value
 
 
@@ -217,34 +264,58 @@ def _axes(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _axis_weights(value: Any, axes: tuple[str, ...]) -> None:
+def _axis_weights(value: Any, axes: tuple[str, ...]) -> dict | None:
     if value is None:
         return None
     if not isinstance(value, dict) or not value:
         raise TrainConfigError(f"axis_weights: expected null or a mapping axis -> weight, got {value!r}")
+    weights = {}
     for axis, weight in value.items():
         if axis not in AXES:
             raise TrainConfigError(f"axis_weights.{axis}: unknown axis; known: {', '.join(AXES)}")
         if axis not in axes:
             raise TrainConfigError(f"axis_weights.{axis}: axis is not in axes ({', '.join(axes)})")
-        _float(weight, f"axis_weights.{axis}", low=0.0)
-    raise TrainConfigError("axis_weights: per-axis weights are not supported by GRPO training yet "
-                           "(train_grpo samples the listed axes uniformly); set null")
+        weights[axis] = _float(weight, f"axis_weights.{axis}", low=0.0)
+    if not any(weights.get(axis, 0.0) > 0 for axis in axes):
+        raise TrainConfigError(f"axis_weights: every weight is 0; at least one of {', '.join(axes)} needs a weight > 0")
+    return weights
 
 
-def _rewards(value: Any) -> None:
+def _rewards(value: Any) -> dict | None:
     if value is None:
         return None
-    from duplexgym.rewards.spec import RewardSpecError, load_spec
+    from duplexgym.config import load_yaml
+    from duplexgym.rewards.spec import RewardSpecError, spec_from_dict
+
+    def parse(raw: Any):
+        """A spec that names no reader reads the text stream (the default of token actions)."""
+        if isinstance(raw, dict) and isinstance(raw.get("activity", {}), dict) and "reader" not in raw.get("activity", {}):
+            raw = {**raw, "activity": {**raw.get("activity", {}), "reader": "text"}}
+        return spec_from_dict(raw)
 
     if not isinstance(value, (dict, str)):
         raise TrainConfigError(f"rewards: expected null, a reward spec mapping or a YAML path, got {value!r}")
     try:
-        load_spec(value)
+        spec = parse(value) if isinstance(value, dict) else load_yaml(value, parse, RewardSpecError, "reward spec")
     except RewardSpecError as exc:
         raise TrainConfigError(f"rewards: {exc}") from None
-    raise TrainConfigError("rewards: a custom reward spec is valid but not supported by GRPO training yet "
-                           "(train_grpo uses the env's default reward spec); set null")
+    if spec.activity.reader != "text":
+        raise TrainConfigError(f"rewards: activity.reader: {spec.activity.reader!r} is not supported for training "
+                               "(it decodes every rollout's audio); use reader: text")
+    return spec.to_dict()
+
+
+def _ray_address(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value.strip()):
+        raise TrainConfigError(f"ray_address: expected null or an address string ('auto', 'HOST:PORT', "
+                               f"'ray://HOST:PORT'), got {value!r}")
+    value = value.strip()
+    if value not in ("auto", "local") and ":" not in value:
+        raise TrainConfigError(f"ray_address: {value!r} is not a Ray address; expected 'auto', 'HOST:PORT' or "
+                               "'ray://HOST:PORT'")
+    return value
 
 
 def _path(value: Any, where: str) -> Path:
@@ -299,3 +370,24 @@ def _corpus(value: Any, axes: tuple[str, ...], model: str) -> str:
     if missing:
         raise TrainConfigError(f"axes: the corpus {path} has no {missing[0]!r} segments")
     return str(path)
+
+
+def _segments(value: Any, corpus: str, axes: tuple[str, ...]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise TrainConfigError(f"segments: expected null or a non-empty list of segment ids, got {value!r}")
+    from duplexgym.envs.corpus import ReplayCorpus
+
+    by_id = ReplayCorpus(corpus).by_id
+    for i, sid in enumerate(value):
+        seg = by_id.get(sid)
+        if seg is None:
+            close = difflib.get_close_matches(sid, by_id, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise TrainConfigError(f"segments[{i}]: no segment {sid!r} in {corpus}{hint}")
+        if seg.axis not in axes:
+            raise TrainConfigError(f"segments[{i}]: {sid!r} is a {seg.axis} segment, not of axes ({', '.join(axes)})")
+        if sid in value[:i]:
+            raise TrainConfigError(f"segments[{i}]: {sid!r} is listed twice")
+    return tuple(value)

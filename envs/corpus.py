@@ -91,3 +91,36 @@ class ReplayCorpus:
         if codes.shape != (2, 8, segment.n_frames):
             raise SourceError(f"{path}: expected codes of shape (2, 8, {segment.n_frames}), got {codes.shape}")
         return codes
+
+
+class SegmentSampler:
+    """Draws episode segments: an axis by ``axis_weights``, then a segment of it uniformly.
+
+    ``axes``: the axes to draw from (those without segments in ``corpus``, among ``ids`` when given,
+    are skipped); ``axis_weights``: ``{axis: weight >= 0}`` (default: 1 for every axis). Both the
+    env's ``reset`` and the GRPO env runners draw with it, so one config means one mix.
+    """
+
+    def __init__(self, corpus: ReplayCorpus, axes, axis_weights: dict | None = None, ids=None):
+        by_axis = {a: corpus.select((a,), ids) for a in axes}
+        self.by_axis: dict[str, list[Segment]] = {a: s for a, s in by_axis.items() if s}
+        if not self.by_axis:
+            raise ValueError(f"{corpus.path}: no segments of axes {tuple(axes)}" + (" among the given ids" if ids else ""))
+        weights = axis_weights or {a: 1.0 for a in self.by_axis}
+        bad = [a for a in weights if a not in axes]
+        if bad:
+            raise ValueError(f"axis_weights names {bad[0]!r}, which is not among the axes {tuple(axes)}")
+        p = np.array([float(w) for w in weights.values()])
+        if not np.all(np.isfinite(p)) or (p < 0).any():
+            raise ValueError(f"axis_weights must be finite and >= 0, got {weights}")
+        self.axes = [a for a in axes if a in self.by_axis and float(weights.get(a, 0.0)) > 0]
+        if not self.axes:
+            raise ValueError("axis_weights leave no axis with segments and a positive weight")
+        p = np.array([float(weights[a]) for a in self.axes])
+        self.axis_p = p / p.sum()
+
+    def draw(self, rng: np.random.Generator) -> Segment:
+        """One segment: ``rng.choice`` of an axis (by weight), then ``rng.integers`` within it."""
+        axis = self.axes[int(rng.choice(len(self.axes), p=self.axis_p))]
+        pool = self.by_axis[axis]
+        return pool[int(rng.integers(len(pool)))]

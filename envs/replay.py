@@ -13,7 +13,7 @@ from gymnasium import spaces
 from duplexgym import AXES
 from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES
 from duplexgym.corpora.manifest import Segment
-from duplexgym.envs.corpus import ReplayCorpus
+from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 from duplexgym.rewards.activity import text_stream
 from duplexgym.rewards.dense import frame_is_speech, penalties
 from duplexgym.rewards.record import EpisodeRecord
@@ -160,21 +160,8 @@ class DuplexReplayEnv(gym.Env):
         if text_tokenizer is not None:
             self.set_text_tokenizer(text_tokenizer)
 
-        by_axis = {a: self.corpus.select((a,), segments) for a in axes}
-        self._by_axis = {a: s for a, s in by_axis.items() if s}
-        if not self._by_axis:
-            raise ValueError(f"{self.corpus.path}: no segments of axes {axes}" + (" among the given ids" if segments else ""))
-        weights = axis_weights or {a: 1.0 for a in self._by_axis}
-        bad = [a for a in weights if a not in axes]
-        if bad:
-            raise ValueError(f"axis_weights names {bad[0]!r}, which is not among the env's axes {axes}")
-        self._axes = [a for a in axes if a in self._by_axis and weights.get(a, 0.0) > 0]
-        if not self._axes:
-            raise ValueError("axis_weights leave no axis with segments and a positive weight")
-        p = np.array([float(weights[a]) for a in self._axes])
-        if not np.all(np.isfinite(p)) or (p < 0).any():
-            raise ValueError(f"axis_weights must be finite and >= 0, got {weights}")
-        self._axis_p = p / p.sum()
+        self._sampler = SegmentSampler(self.corpus, axes, axis_weights, segments)
+        self._by_axis = self._sampler.by_axis
 
         if obs_mode == "codes":
             self.observation_space = spaces.MultiDiscrete([AUDIO_CARD] * N_CODEBOOKS, dtype=np.int64)
@@ -206,9 +193,7 @@ class DuplexReplayEnv(gym.Env):
             if seg is None or seg.axis not in self._by_axis:
                 raise ValueError(f"reset options: no segment {options['segment']!r} of axes {tuple(self._by_axis)} in {self.corpus.path}")
         else:
-            axis = self._axes[int(self.np_random.choice(len(self._axes), p=self._axis_p))]
-            pool = self._by_axis[axis]
-            seg = pool[int(self.np_random.integers(len(pool)))]
+            seg = self._sampler.draw(self.np_random)
         self._begin(seg)
         return self._obs[0].copy(), self._reset_info()
 

@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -242,3 +244,44 @@ def test_ppo_config_validation_and_shape_errors():
     with pytest.raises(ValueError, match=r"\[B, 9, T\]"):
         grpo_loss(torch.zeros(2, 8, 3), torch.zeros(2, 8, 3), torch.zeros(2, 8, 3), torch.zeros(2),
                   torch.ones(2, 3, dtype=torch.bool), GrpoConfig())
+
+
+def test_group_step_advantages_on_hand_numbers():
+    from duplexgym.agents.grpo_math import group_step_advantages, returns_to_go
+
+    rewards = torch.tensor([[-1.0, 0.0, 1.0], [-1.0, 0.0, -1.0],  # group 7: rtg [0, 1, 1] and [-2, -1, -1]
+                            [1.0, 0.0, 9.0], [0.0, 0.0, 9.0],  # group 3, length 2 (the 9s are padding)
+                            [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])  # group 5: identical rows
+    mask = torch.tensor([[True] * 3] * 2 + [[True, True, False]] * 2 + [[True] * 3] * 2)
+    groups = torch.tensor([7, 7, 3, 3, 5, 5])
+    np.testing.assert_allclose(returns_to_go(rewards, mask)[:4].numpy(),
+                               [[0, 1, 1], [-2, -1, -1], [1, 0, 0], [0, 0, 0]])
+    adv = group_step_advantages(rewards, mask, groups, eps=0.0)
+    # group 7: centred +-1 everywhere, RMS 1; group 3: centred [+-0.5, 0], RMS sqrt(0.125)
+    np.testing.assert_allclose(adv.numpy(), [[1, 1, 1], [-1, -1, -1], [2**0.5, 0, 0], [-(2**0.5), 0, 0],
+                                             [0, 0, 0], [0, 0, 0]], atol=1e-12)
+    np.testing.assert_allclose(group_step_advantages(rewards, mask, groups, normalize_std=False)[:2].numpy(),
+                               [[1, 1, 1], [-1, -1, -1]])
+    # rewards only at the last step, equal lengths: group_advantages broadcast to every step
+    final = torch.tensor([1.0, 2.0, 4.0, 0.0])
+    last = torch.zeros(4, 5)
+    last[:, -1] = final
+    ids = torch.tensor([0, 0, 0, 1])
+    per_step = group_step_advantages(last, torch.ones(4, 5, dtype=torch.bool), ids)
+    np.testing.assert_allclose(per_step.numpy(), group_advantages(final, ids)[:, None].expand(4, 5).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="rewards must be finite"):
+        group_step_advantages(torch.tensor([[float("nan")]]), torch.ones(1, 1, dtype=torch.bool), torch.zeros(1))
+
+
+def test_reference_kl_matches_the_grpo_loss_kl_term():
+    from duplexgym.agents.grpo_math import reference_kl
+
+    g = torch.Generator().manual_seed(0)
+    new, old, ref = (-torch.rand(3, 9, 5, generator=g) for _ in range(3))
+    mask = torch.rand(3, 5, generator=g) > 0.3
+    for streams in ("text", "audio", "all"):
+        _, m = grpo_loss(new, old, ref, torch.ones(3), mask, GrpoConfig(group_size=2, update_streams=streams))
+        assert float(reference_kl(new, ref, mask, streams)) == pytest.approx(float(m["kl"]), abs=1e-7)
+    # by hand, text stream only: mean of exp(d) - d - 1 over the masked tokens, d = ref - new
+    d = (ref - new)[:, 0][mask]
+    assert float(reference_kl(new, ref, mask)) == pytest.approx(float((d.exp() - d - 1).mean()), abs=1e-7)

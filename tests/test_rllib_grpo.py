@@ -64,6 +64,13 @@ def local_ray():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+def _cfg(corpus, **fields):
+    """A validated training config (``out`` is never written by ``train_policy``)."""
+    from duplexgym.agents.train_config import load_train_config
+
+    return load_train_config({"corpus": str(corpus), "out": "/tmp/duplexgym-unused-out", **fields})
+
+
 def _shortest(corpus, axis, n):
     from duplexgym.envs.corpus import ReplayCorpus
 
@@ -105,9 +112,9 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
     def on_iteration(algo, m):
         seen.append((m, list(algo.last_episodes), rg.learner_text_weights(algo), rg.runner_text_weights(algo)))
 
-    metrics = rg.train_grpo(small_corpus, iterations=2, group_size=G, segments_per_iter=2, lr=1e-3, kl_coef=0.05,
-                            seed=3, axes=("turn",), num_env_runners=1, segments=_shortest(small_corpus, "turn", 2),
-                            on_iteration=on_iteration)
+    cfg = _cfg(small_corpus, iterations=2, group_size=G, segments_per_iteration=2, lr=1.0e-3, kl_coef=0.05, seed=3,
+               axes=["turn"], env_runners=1)
+    metrics = rg.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration)
     assert [m["iteration"] for m in metrics] == [0, 1]
     for m, episodes, _, _ in seen:
         _check_iteration(m, episodes, G)
@@ -126,10 +133,9 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
 @pytest.mark.slow
 def test_grpo_masks_forced_frames_of_interruption_rollouts(small_corpus, local_ray):
     seen = []
-    metrics = rg.train_grpo(small_corpus, iterations=1, group_size=2, segments_per_iter=1, seed=0,
-                            axes=("interruption",), num_env_runners=0,
-                            segments=_shortest(small_corpus, "interruption", 1),
-                            on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes))))
+    cfg = _cfg(small_corpus, iterations=1, group_size=2, segments_per_iteration=1, seed=0, axes=["interruption"])
+    metrics = rg.train_policy(cfg, segments=_shortest(small_corpus, "interruption", 1),
+                              on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes))))
     (m, episodes), = seen
     assert metrics[0]["episodes"] == 2
     assert all(e.custom_data["forced_frames"] > 1 for e in episodes)
