@@ -19,3 +19,4 @@ bench: setup
 	.venv/bin/python benchmarks/corpus_build.py
 	.venv/bin/python benchmarks/env_step.py
 	.venv/bin/python benchmarks/rollout.py
+	.venv/bin/python benchmarks/train.py

@@ -1,4 +1,4 @@
-"""GRPO for the tiny streaming Moshi on Ray RLlib's new API stack (first increment).
+"""GRPO for the tiny streaming Moshi on Ray RLlib's new API stack.
 
 Four pieces, as in ``shared/RLLIB.md``:
 
@@ -18,17 +18,25 @@ Four pieces, as in ``shared/RLLIB.md``:
 - :class:`GrpoLearner` (``TorchLearner``): :func:`~duplexgym.agents.grpo_math.grpo_loss`, Adam.
 
 :class:`GrpoAlgorithm` drives it: sample on the runners, one learner update, weight sync.
-:func:`train_grpo` runs it on a local Ray and returns per-iteration metrics.
+:func:`train_policy` runs it on a local Ray (or a cluster) and returns per-iteration metrics;
+:mod:`duplexgym.agents.rllib_ppo` reuses these pieces for PPO with a value head.
+
+Log-probs in the loss: the policy is the temperature-scaled softmax over the WHOLE vocabulary
+(``temp_text`` for text, ``temp`` for audio), without the sampler's top-k truncation, for old, new and
+reference log-probs alike (as TRL and verl compute them): truncated log-probs are ``-inf`` for any
+token outside the current top-k, which makes the k3 KL to the reference infinite as soon as the
+policy drifts and the ratio undefined after the first epoch. The sampler still draws from its
+top-k; the untruncated log-prob of a drawn token differs from the truncated one by the log of the
+top-k mass, the same constant in numerator and denominator when the top-k set does not change.
 
 Old log-probs: the text stream's are the sampler's own, recorded per step as ``ACTION_LOGP`` (the
-runner wraps the agent's text-logits hook); the audio streams' (unused with
-``update_streams="text"``) are teacher-forced under the learner's weights at the start of the
-update. The learner reports ``sampler_logp_gap``, the largest gap between the sampler's text
-log-probs and the teacher-forced ones under the learner's weights: ~1e-6 when the runners sample
-with the synced weights. Frames whose token a teacher-forced pass puts outside its top-k (the
-reference's, mostly: ``-inf``, an infinite k3 KL) are left out of the loss and counted
-(``nonfinite_frames``, ``ref_outside_topk_frames``). One update (one epoch, one minibatch) runs
-per iteration.
+runner wraps the agent's text-logits hook); the audio streams' are teacher-forced under the
+learner's weights when the batch is built. The learner reports ``sampler_logp_gap``, the largest gap
+between the sampler's text log-probs and the teacher-forced ones under the learner's weights: ~1e-6
+when the runners sample with the synced weights. Frames with a non-finite log-prob in a stream the
+loss covers (with audio streams: each episode's last frame, whose codebooks 1..7 are undefined)
+are left out of the loss and counted (``nonfinite_frames``). Each iteration runs ``epochs`` passes of
+one update over the whole batch (one minibatch).
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from duplexgym.agents.base import row_infos  # noqa: E402
 from duplexgym.agents.checkpoint import (  # noqa: E402
     MoshiModels, TINY_SPEC, build_tiny_lm, find_text_tokenizer, load_mimi, tiny_lm_kwargs)
 from duplexgym.agents.grpo_math import (  # noqa: E402
-    GrpoConfig, grpo_loss, group_advantages, group_step_advantages)
+    GrpoConfig, grpo_loss, group_advantages, group_step_advantages, stream_mask)
 from duplexgym.agents.logprobs import sampled_logprob, token_logprobs  # noqa: E402
 
 from ray.rllib.algorithms.algorithm import Algorithm  # noqa: E402
@@ -71,7 +79,6 @@ ENV_NAME = "duplexgym_grpo_replay"
 AGENT_TOKENS, USER_CODES, LOSS_MASK = "agent_tokens", "user_codes", "loss_mask"
 ADVANTAGES, OLD_LOGP, REF_LOGP, GROUP = "advantages", "old_logp", "ref_logp", "group"
 SAMPLER_GAP = "sampler_logp_gap"  # per row: max |sampler - teacher-forced| text log-prob
-REF_OUTSIDE = "ref_outside_topk_frames"  # per row: of those, frames whose token the reference excludes
 STEP_REWARDS = "step_rewards"  # [B, T] env reward of env frame f + 1 at model frame f
 FAILED_EPISODES = "failed_episodes"  # per row: 1.0 when a reward term failed (left out of the loss)
 NONFINITE = "nonfinite_frames"  # per row: frames left out for a non-finite old/ref log-prob
@@ -117,9 +124,12 @@ class GrpoRLModule(TorchRLModule, InferenceOnlyAPI):
         return {**DEFAULT_SAMPLER, **{k: v for k, v in (self.model_config or {}).items() if k in DEFAULT_SAMPLER}}
 
     def logprobs(self, lm, batch) -> torch.Tensor:
-        """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``."""
+        """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``: the
+        sampler's temperatures, no top-k truncation (module docstring)."""
         lm.eval()  # dropout-free, as the streaming sampler
-        return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), **self.sampler())
+        s = self.sampler()
+        return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
+                              top_k_text=0, temp=s["temp"], top_k=0)
 
     def _forward(self, batch, **kwargs):
         """Acting goes through GrpoEnvRunner's streaming MoshiAgent, never through this module."""
@@ -161,13 +171,14 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **_sampler_kwargs(grpo))
             self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
             hook = self._agent.lm_gen.on_text_logits_hook
-            temp_text, top_k_text = float(grpo["temp_text"]), int(grpo["top_k_text"])
+            temp_text = float(grpo["temp_text"])
 
             def capture(text_logits, hook=hook):
                 logits = text_logits[:, 0, 0].clone()  # before the agent's sampler edits them
                 hook(text_logits)
                 token = text_logits[:, 0, 0].argmax(dim=-1)  # the only finite logit left
-                self._text_logp = sampled_logprob(logits, token, temp_text, top_k_text).cpu().numpy()
+                # untruncated, as the learner computes them (module docstring)
+                self._text_logp = sampled_logprob(logits, token, temp_text, 0).cpu().numpy()
 
             self._agent.lm_gen.on_text_logits_hook = capture
             self._segment_rng = np.random.default_rng([grpo["seed"], 2, self.worker_index])
@@ -374,13 +385,12 @@ class GrpoConnector(ConnectorV2):
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
             old = self.policy_pass(module, t, cols)
             ref = module.logprobs(module.ref_lm, t)
-        # A token the teacher-forced pass puts outside the top-k (float rounding at the k-th logit)
-        # has no finite ratio: leave its frame out, and count it.
-        # The reference puts a token outside its top-k (its log-prob is -inf: the k3 KL is infinite)
-        # more often as the policy drifts; float rounding at the k-th logit can do it to ``old``.
-        finite = (torch.isfinite(old[:, 0]) & torch.isfinite(ref[:, 0])).numpy()
+        # Frames with a non-finite log-prob in a stream the loss covers leave the loss, counted. The
+        # last frame's codebooks 1..7 are undefined (NaN: agents.logprobs), so with audio streams
+        # each episode's last frame is left out; nothing else is expected.
+        streams = stream_mask(settings.get("update_streams", "text"))
+        finite = (torch.isfinite(old[:, streams]).all(dim=1) & torch.isfinite(ref[:, streams]).all(dim=1)).numpy()
         cols[NONFINITE] = (cols[LOSS_MASK] & ~finite).sum(axis=1).astype(np.float32)  # [B]
-        cols[REF_OUTSIDE] = (cols[LOSS_MASK] & ~torch.isfinite(ref[:, 0]).numpy()).sum(axis=1).astype(np.float32)
         cols[LOSS_MASK] = cols[LOSS_MASK] & finite
         # The old text log-probs are the sampler's own (ACTION_LOGP); their gap to the teacher-forced
         # pass under the learner's weights checks that the runners sample with the synced weights.
@@ -414,7 +424,6 @@ class GrpoLearner(TorchLearner):
 
     def log_metrics(self, module_id, batch, loss, metrics: dict, loss_name: str) -> None:
         metrics["nonfinite_frames"] = batch[NONFINITE].sum()
-        metrics["ref_outside_topk_frames"] = batch[REF_OUTSIDE].sum()
         metrics["failed_episodes"] = batch[FAILED_EPISODES].sum()
         metrics["adv_abs_mean"] = batch[ADVANTAGES].abs().mean()
         metrics["sampler_logp_gap"] = batch[SAMPLER_GAP].max()
@@ -645,7 +654,7 @@ def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None
 
 #: Learner metrics copied into each iteration's row (NaN when the algorithm has none, e.g. value_loss for GRPO).
 LEARNER_METRICS = ("loss", "kl", "policy_loss", "value_loss", "clip_fraction", "ratio_mean", "approx_kl", "tokens",
-                   "nonfinite_frames", "adv_abs_mean", "sampler_logp_gap", "ref_outside_topk_frames", "value_mean",
+                   "nonfinite_frames", "adv_abs_mean", "sampler_logp_gap", "value_mean",
                    "return_mean")
 
 

@@ -148,7 +148,7 @@ def test_load_resolves_defaults_and_paths(small_corpus, tmp_path):
 
 def test_shipped_config_is_valid_when_the_default_corpus_is_built():
     raw = yaml.safe_load((REPO / "configs" / "grpo_tiny.yaml").read_text())
-    assert raw["corpus"] == "runs/default-corpus" and raw["model"] == "tiny" and raw["group_size"] == 4
+    assert raw["corpus"] == "runs/default-corpus" and raw["model"] == "tiny" and raw["group_size"] == 8
     if not (REPO / "runs" / "default-corpus" / "corpus.json").is_file():
         pytest.skip("runs/default-corpus is not built (make run)")
     cwd = os.getcwd()
@@ -157,7 +157,8 @@ def test_shipped_config_is_valid_when_the_default_corpus_is_built():
         cfg = load_train_config(REPO / "configs" / "grpo_tiny.yaml")
     finally:
         os.chdir(cwd)
-    assert cfg.axes == ("turn",) and cfg.out == str(REPO / "runs" / "grpo-tiny")
+    assert cfg.axes == ("pause",) and cfg.out == str(REPO / "runs" / "grpo-tiny")
+    assert cfg.rewards["activity"]["reader"] == "text" and cfg.rewards["dense"]["weight"] == 1.0
 
 
 def _png_size(path: Path) -> tuple[int, int]:
