@@ -206,6 +206,25 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
     return models
 
 
+def load_policy_lm(source: str | os.PathLike, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> LMModel:
+    """Only the LM of ``source`` (``"tiny"`` or a checkpoint folder), as :func:`load_models` loads it:
+    what a trainer builds twice (policy and frozen reference) without loading Mimi each time."""
+    if isinstance(source, str) and source == TINY_SPEC:
+        return build_tiny_lm(device, dtype)
+    return _load_lm(resolve_checkpoint(source), device, dtype)
+
+
+def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device = "cpu") -> MoshiModels:
+    """``source``'s Mimi, text tokenizer and LM kwargs around an LM built elsewhere (an RLModule's),
+    so an agent streams with that LM: weight updates reach it in place."""
+    if isinstance(source, str) and source == TINY_SPEC:
+        return MoshiModels(lm, load_mimi(TINY_SPEC, device), find_text_tokenizer(), tiny_lm_kwargs(), TINY_SPEC)
+    info = resolve_checkpoint(source)
+    return MoshiModels(lm, _load_checkpoint_mimi(info, device), Path(info.tokenizer),
+                       dict(info.lm_config or loaders._lm_kwargs), str(source), dict(info.lm_gen_config))
+
+
 def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLike | None = None
                        ) -> loaders.CheckpointInfo:
     """Find the files of a checkpoint folder without loading weights.

@@ -97,7 +97,10 @@ def sampled_logprob(logits: Tensor, tokens: Tensor, temp: float, top_k: int) -> 
     if temp <= 0.0:
         hit = logits.argmax(dim=-1) == tokens
         return torch.where(hit, 0.0, float("-inf")).to(logits.dtype)
-    k = top_k if 0 < top_k < V else V
+    if not 0 < top_k < V:  # no truncation: a plain softmax (no sort of the vocabulary)
+        logp = torch.log_softmax(logits / temp, dim=-1)
+        return logp.gather(-1, tokens[..., None].clamp(0, V - 1)).squeeze(-1)
+    k = top_k
     values, indices = logits.topk(k, dim=-1)  # [..., k]
     logp = torch.log_softmax(values / temp, dim=-1)
     match = indices == tokens[..., None]

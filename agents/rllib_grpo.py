@@ -55,8 +55,7 @@ from gymnasium import spaces  # noqa: E402
 
 import duplexgym  # noqa: E402,F401  (registers the envs)
 from duplexgym.agents.base import row_infos  # noqa: E402
-from duplexgym.agents.checkpoint import (  # noqa: E402
-    MoshiModels, TINY_SPEC, build_tiny_lm, find_text_tokenizer, load_mimi, tiny_lm_kwargs)
+from duplexgym.agents.checkpoint import TINY_SPEC, load_policy_lm, with_lm  # noqa: E402
 from duplexgym.agents.grpo_math import (  # noqa: E402
     GrpoConfig, grpo_loss, group_advantages, group_step_advantages, stream_mask)
 from duplexgym.agents.logprobs import sampled_logprob, token_logprobs  # noqa: E402
@@ -109,13 +108,17 @@ DEFAULT_SAMPLER = {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25
 
 
 class GrpoRLModule(TorchRLModule, InferenceOnlyAPI):
-    """The tiny Moshi LM as an RLModule; the learner's copy also holds the frozen reference LM."""
+    """A Moshi LM (``model_config["model"]``: ``"tiny"`` or a checkpoint folder) as an RLModule; the
+    learner's copy also holds the frozen reference LM (the same weights, never updated)."""
 
     def setup(self):
-        self.lm = build_tiny_lm()
+        self.lm = load_policy_lm(self.model_source())
         if not self.inference_only:
-            self.ref_lm = build_tiny_lm()
+            self.ref_lm = load_policy_lm(self.model_source())
             self.ref_lm.requires_grad_(False)
+
+    def model_source(self) -> str:
+        return (self.model_config or {}).get("model", TINY_SPEC)
 
     def get_non_inference_attributes(self):
         return ["ref_lm"]
@@ -165,8 +168,8 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             grpo = self._grpo()
             # The agent streams with the RLModule's own LM: weight syncs (load_state_dict, in place)
             # reach the sampler without rebuilding it.
-            models = MoshiModels(self._module().lm.eval(), load_mimi(TINY_SPEC, "cpu"), find_text_tokenizer(),
-                                 tiny_lm_kwargs(), TINY_SPEC)
+            module = self._module()
+            models = with_lm(module.model_source(), module.lm.eval())
             seed = int(np.random.SeedSequence([grpo["seed"], 1, self.worker_index]).generate_state(1)[0])
             self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **_sampler_kwargs(grpo))
             self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
@@ -185,8 +188,10 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 
             env_config = self.config.env_config
-            self._sampler = SegmentSampler(ReplayCorpus(env_config["corpus"]), tuple(env_config["axes"]),
-                                           env_config.get("axis_weights"), env_config.get("segments"))
+            corpus = ReplayCorpus(env_config["corpus"])
+            self._agent.check_codec(corpus.codec_id)  # the corpus codes must be the model's Mimi's
+            self._sampler = SegmentSampler(corpus, tuple(env_config["axes"]), env_config.get("axis_weights"),
+                                           env_config.get("segments"))
         return self._agent
 
     def grpo_state(self) -> dict:
@@ -589,7 +594,8 @@ def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
                   add_default_connectors_to_learner_pipeline=False)
         .training(lr=cfg.lr)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
-                                               action_space=act_space, model_config={**sampler, "train": train}))
+                                               action_space=act_space,
+                                               model_config={**sampler, "model": cfg.model, "train": train}))
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
                          delay_between_env_runner_restarts_s=1.0)
         .debugging(seed=int(cfg.seed))
@@ -756,13 +762,14 @@ def learner_lm(algo):
 
 
 def export_policy(algo, out_dir: str | os.PathLike) -> Path:
-    """The learner's LM as a moshi-loadable checkpoint folder (Kyutai layout, with the tiny Mimi and the
-    text tokenizer): ``make_agent("moshi:" + out_dir, env)`` and ``duplexgym eval --agent moshi:DIR``
-    load it."""
+    """The learner's LM as a moshi-loadable checkpoint folder (Kyutai layout, with the trained model's
+    Mimi and text tokenizer): ``make_agent("moshi:" + out_dir, env)`` and ``duplexgym eval --agent
+    moshi:DIR`` load it."""
     from duplexgym.agents.checkpoint import save_checkpoint
 
-    return save_checkpoint(learner_lm(algo), load_mimi(TINY_SPEC, "cpu"), find_text_tokenizer(), out_dir,
-                           tiny_lm_kwargs())
+    module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+    models = with_lm(module.model_source(), module.lm)
+    return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)
 
 
 def learner_optimizer_state(algo) -> dict:

@@ -4,7 +4,7 @@ A config (relative paths are read from the current working directory, as the oth
 
     algorithm: grpo                  # grpo | ppo (PPO with a value head on the LM's hidden state)
     corpus: runs/default-corpus      # a built corpus folder WITH Mimi codes (--codec tiny)
-    model: tiny                      # tiny | a Moshi checkpoint folder (checked; training it: not yet)
+    model: tiny                      # tiny | a Moshi checkpoint folder in Kyutai's layout (a run's policy/)
     out: runs/grpo-tiny              # the run folder: metrics.jsonl, config.yaml, reward_curve.png
     group_size: 4                    # G rollouts per segment (>= 2)
     segments_per_iteration: 2        # groups per iteration, split evenly over the env runners
@@ -33,8 +33,7 @@ never imports or starts Ray: the corpus is checked by reading its ``corpus.json`
 a checkpoint folder by :func:`~duplexgym.agents.checkpoint.resolve_checkpoint` (no weights loaded),
 a reward spec by :func:`~duplexgym.rewards.spec.load_spec`.
 
-What training cannot do yet is refused, never ignored: a checkpoint-folder ``model`` (training
-builds the tiny random Moshi), a reward spec whose activity reader is ``vad`` (the env would
+What training cannot do yet is refused, never ignored: a reward spec whose activity reader is ``vad`` (the env would
 decode every rollout's audio; use ``text``), fields of one algorithm set in the other's config
 (``advantage`` for PPO; ``gamma``, ``lam``, ``vf_coef`` for GRPO).
 On a cluster (``ray_address``) ``corpus`` and ``out`` must be paths every node can read (a shared
@@ -82,7 +81,8 @@ class TrainConfig:
     algorithm: str = "grpo"
     """``grpo`` (group-relative advantages, no value function) or ``ppo`` (GAE with a value head)."""
     model: str = TINY_MODEL
-    """``tiny`` (the tiny random Moshi); a checkpoint folder is checked, then refused (not yet)."""
+    """``tiny`` (the tiny random Moshi) or a checkpoint folder (Kyutai layout, e.g. a run's ``policy/``) whose
+    Mimi made the corpus' codes. Training runs on CPU in float32: a 7B Moshi needs GPU learners (not wired)."""
     group_size: int = 4
     """G: rollouts of the same segment per group (>= 2)."""
     segments_per_iteration: int = 2
@@ -343,8 +343,7 @@ def _model(value: Any) -> str:
         resolve_checkpoint(path)  # finds the files, loads no weights
     except ValueError as exc:
         raise TrainConfigError(f"model: {exc}") from None
-    raise TrainConfigError(f"model: {path} is a usable checkpoint folder, but GRPO training of checkpoints is not "
-                           "supported yet (train_grpo trains the tiny random Moshi); set model: tiny")
+    return str(path)
 
 
 def _corpus(value: Any, axes: tuple[str, ...], model: str) -> str:
@@ -366,6 +365,14 @@ def _corpus(value: Any, axes: tuple[str, ...], model: str) -> str:
     if model == TINY_MODEL and corpus.codec_spec != TINY_MODEL:
         raise TrainConfigError(f"corpus: {path} was built with codec {corpus.codec_spec!r}; model 'tiny' needs codes "
                                "of the tiny Mimi (`--codec tiny`)")
+    if model != TINY_MODEL:
+        from duplexgym.agents.checkpoint import _load_checkpoint_mimi, resolve_checkpoint
+        from duplexgym.corpora.codec import codec_id
+
+        mimi_id = codec_id(_load_checkpoint_mimi(resolve_checkpoint(model), "cpu"))  # Mimi only, not the LM
+        if mimi_id != corpus.codec_id:
+            raise TrainConfigError(f"model: the Mimi of {model} is codec {mimi_id}, but the corpus {path} holds codes of "
+                                   f"{corpus.codec_id}; build the corpus with this model's Mimi (`--codec PATH`)")
     missing = [axis for axis in axes if not corpus.select((axis,))]
     if missing:
         raise TrainConfigError(f"axes: the corpus {path} has no {missing[0]!r} segments")

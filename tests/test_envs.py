@@ -258,3 +258,24 @@ def test_baselines_batched_over_a_vector_env(small_corpus):
             agents.reset_batch(infos, mask=term)
     envs.close()
     assert len(rewards) >= 3
+
+
+def test_segment_sampler_draws_axes_by_weight_then_segments_among_the_ids(small_corpus):
+    """The draw the env's reset and the GRPO env runners share (envs.corpus.SegmentSampler)."""
+    from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
+
+    corpus = ReplayCorpus(small_corpus)
+    ids = [s.id for s in corpus.select(("pause",))[:2]] + [s.id for s in corpus.select(("turn",))[:3]]
+    sampler = SegmentSampler(corpus, ("pause", "turn", "backchannel"), {"pause": 1.0, "turn": 3.0}, ids)
+    assert sampler.axes == ["pause", "turn"]  # backchannel: no segment among the ids, and weight 0
+    rng = np.random.default_rng(0)
+    drawn = [sampler.draw(rng) for _ in range(2000)]
+    assert {s.id for s in drawn} == set(ids)
+    share = sum(s.axis == "turn" for s in drawn) / len(drawn)
+    assert 0.72 < share < 0.78  # 3 : 1
+    again = np.random.default_rng(0)
+    assert [sampler.draw(again).id for _ in range(50)] == [s.id for s in drawn[:50]]  # seeded
+    with pytest.raises(ValueError, match="axis_weights names 'interruption'"):
+        SegmentSampler(corpus, ("pause",), {"interruption": 1.0})
+    with pytest.raises(ValueError, match="leave no axis"):
+        SegmentSampler(corpus, ("pause", "turn"), {"pause": 0.0, "turn": 0.0})

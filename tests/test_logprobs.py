@@ -150,3 +150,18 @@ def test_logprobs_are_differentiable(episode):
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("transformer."))
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("depformer."))
     lm.zero_grad(set_to_none=True)
+
+
+def test_untruncated_logprob_is_the_temperature_softmax_over_the_whole_vocabulary():
+    """top_k <= 0 or >= V (what the trainers use): log_softmax(logits / temp) at the token, with
+    the same values as keeping all V logits through the top-k path."""
+    from duplexgym.agents.logprobs import sampled_logprob
+
+    g = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(3, 5, 100, generator=g), torch.randint(0, 100, (3, 5), generator=g)
+    expected = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, tokens[..., None]).squeeze(-1)
+    for k in (0, -1, 100, 1000):
+        torch.testing.assert_close(sampled_logprob(logits, tokens, 0.7, k), expected)
+    truncated = sampled_logprob(logits, tokens, 0.7, 99)  # one token is left out: -inf there, more mass elsewhere
+    assert torch.isinf(truncated).sum() == (logits.argsort(-1)[..., 0] == tokens).sum()
+    assert (truncated[torch.isfinite(truncated)] >= expected[torch.isfinite(truncated)]).all()

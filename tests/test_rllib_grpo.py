@@ -142,3 +142,27 @@ def test_grpo_masks_forced_frames_of_interruption_rollouts(small_corpus, local_r
     forced = episodes[0].get_extra_model_outputs(rg.FORCED)
     assert forced[: episodes[0].custom_data["forced_frames"]].all() and not forced[episodes[0].custom_data["forced_frames"]:].any()
     _check_iteration(m, episodes, 2)
+
+
+@pytest.mark.slow
+def test_update_streams_all_trains_the_audio_codebooks_too(small_corpus, local_ray):
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    cfg = _cfg(small_corpus, iterations=1, group_size=2, segments_per_iteration=1, seed=2, axes=["turn"],
+               update_streams="all", lr=1.0e-3, rewards={"dense": {"weight": 1.0}})
+    seen = []
+
+    def on_iteration(algo, m):
+        lm = algo.learner_group._learner.module[DEFAULT_MODULE_ID].lm
+        seen.append((m, list(algo.last_episodes), {n: p.detach().clone() for n, p in lm.depformer.named_parameters()}))
+
+    initial = {n: p.detach().clone() for n, p in build_tiny_lm().depformer.named_parameters()}
+    rg.train_policy(cfg, segments=_shortest(small_corpus, "turn", 1), on_iteration=on_iteration)
+    (m, episodes, depformer), = seen
+    assert np.isfinite(m["loss"]) and np.isfinite(m["kl"])
+    # each episode's last frame leaves the loss (its codebooks 1..7 are undefined); the other
+    # frames count 9 tokens each: text and the 8 codebooks
+    frames = sum(len(e) - 1 for e in episodes)
+    assert m["nonfinite_frames"] == len(episodes)
+    assert m["tokens"] == 9 * (frames - len(episodes))
+    assert any(not torch.equal(initial[n], depformer[n]) for n in initial), "the audio depformer must move"

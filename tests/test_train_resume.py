@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -96,7 +97,8 @@ def test_exported_policy_loads_as_a_moshi_agent_and_evaluates(small_corpus, tmp_
 
 
 @pytest.mark.slow
-def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp_path):
+@pytest.mark.parametrize("env_runners", [0, 1], ids=["driver-sampling", "remote-runner"])
+def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp_path, env_runners):
     from duplexgym.agents.train import run_training
 
     saved = {}
@@ -104,7 +106,8 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
     def on_checkpoint(algo, path, done):
         saved[done] = {"path": path, "lm": _lm_state(algo), "optim": _optim_state(algo)}
 
-    full = run_training(_cfg(small_corpus, tmp_path / "full", iterations=2, checkpoint_interval=1),
+    full = run_training(_cfg(small_corpus, tmp_path / "full", iterations=2, checkpoint_interval=1,
+                             env_runners=env_runners),
                         on_checkpoint=on_checkpoint)
     assert sorted(saved) == [1, 2]
     assert saved[1]["path"] == tmp_path / "full" / "checkpoints" / "iter_0001"
@@ -116,7 +119,8 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
         started.update(done=done, lm=_lm_state(algo), optim=_optim_state(algo))
 
     ended = {}
-    resumed = run_training(_cfg(small_corpus, tmp_path / "resumed", iterations=2), resume=saved[1]["path"],
+    resumed = run_training(_cfg(small_corpus, tmp_path / "resumed", iterations=2, env_runners=env_runners),
+                           resume=saved[1]["path"],
                            on_start=on_start, on_checkpoint=lambda algo, path, done: ended.update({done: _lm_state(algo)}))
     assert started["done"] == 1
     # the resumed run starts with the checkpoint's LM weights ...
@@ -163,3 +167,45 @@ def test_resume_mistakes_exit_2_before_ray(small_corpus, tmp_path):
                            str(fake)], env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "resume: group_size" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_training_continues_from_an_exported_policy_checkpoint(small_corpus, tmp_path):
+    """model: a checkpoint folder (here the policy/ of a first run): policy and reference start from
+    its weights, and a checkpoint whose Mimi did not make the corpus' codes is refused before Ray."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from duplexgym.agents.train import run_training
+    from duplexgym.agents.train_config import TrainConfigError
+
+    first = run_training(_cfg(small_corpus, tmp_path / "first", iterations=1))
+    policy = Path(first["files"]["policy"])
+    saved = load_file(str(policy / "model.safetensors"))
+    started = {}
+
+    def on_start(algo, done):
+        from ray.rllib.core import DEFAULT_MODULE_ID
+
+        module = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
+        started.update(lm=_lm_state(algo), ref={k: v.clone() for k, v in module.ref_lm.state_dict().items()})
+
+    second = run_training(_cfg(small_corpus, tmp_path / "second", iterations=1, model=str(policy)), on_start=on_start)
+    for name, weights in (("policy", started["lm"]), ("reference", started["ref"])):
+        assert set(weights) == set(saved), name
+        for k, v in saved.items():
+            assert torch.equal(weights[k], v), (name, k)
+    assert np.isfinite(second["iterations"][0]["loss"])
+    assert (tmp_path / "second" / "policy" / "model.safetensors").is_file()
+
+    # the same LM with another Mimi: its codes are not the corpus' codes
+    other = tmp_path / "other-mimi"
+    shutil.copytree(policy, other)
+    mimi_file = next(p for p in other.iterdir() if p.name.startswith("mimi") and p.suffix == ".safetensors")
+    mimi = load_file(str(mimi_file))
+    key = next(k for k, v in mimi.items() if v.is_floating_point())
+    mimi[key] = mimi[key] + 0.01
+    save_file(mimi, str(mimi_file))
+    with pytest.raises(TrainConfigError, match=r"model: the Mimi of .* is codec .*, but the corpus .* holds codes of"):
+        _cfg(small_corpus, tmp_path / "third", model=str(other))
