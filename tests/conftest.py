@@ -113,9 +113,15 @@ def scripted_dialogue(speech: dict, interrupt_stop_s: float = 0.8) -> tuple[np.n
 
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory):
-    """8 synthetic dialogues with tiny-Mimi codes: every env mode works on it."""
+    """8 synthetic dialogues with tiny-Mimi codes: every env mode works on it.
+
+    ``DUPLEXGYM_SMALL_CORPUS``: a folder holding this very corpus, built elsewhere (for machines
+    without flite, such as a GPU machine running tests/test_cuda.py)."""
     from duplexgym.corpora.build import BuildOptions, build_corpus
 
+    prebuilt = os.environ.get("DUPLEXGYM_SMALL_CORPUS")
+    if prebuilt:
+        return Path(prebuilt).resolve()
     out = tmp_path_factory.mktemp("small_corpus")
     build_corpus("synthetic", out, BuildOptions(dialogues=8, codec="tiny"))
     return out
