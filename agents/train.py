@@ -1,7 +1,7 @@
 """``duplexgym train --config CONFIG.yaml``: a validated :class:`~duplexgym.agents.train_config.TrainConfig`
-run with :func:`~duplexgym.agents.rllib_grpo.train_grpo`, and its run folder.
+run with :func:`~duplexgym.agents.rllib_grpo.train_policy`, and its run folder.
 
-The run folder (``out``) gets, overwriting these three files only:
+The run folder (``out``) gets these files and folders (a rerun overwrites them, and nothing else):
 
 - ``config.yaml``: the resolved config (defaults filled in, absolute paths), written before training;
 - ``metrics.jsonl``: one JSON object per iteration, appended as each one ends (non-finite numbers

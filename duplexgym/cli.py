@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true")
     rep.set_defaults(func=_replay)
 
-    tr = sub.add_parser("train", help="GRPO on Ray RLlib from a YAML config (agents/train_config.py)")
+    tr = sub.add_parser("train", help="GRPO or PPO on Ray RLlib from a YAML config (agents/train_config.py)")
     tr.add_argument("--config", required=True, help="training config YAML (see configs/grpo_tiny.yaml)")
     tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
     tr.add_argument("--resume", default=None, metavar="CHECKPOINT",
