@@ -1,4 +1,5 @@
-"""PPO with a value head for the tiny streaming Moshi, on the GRPO pieces of :mod:`.rllib_grpo`.
+"""PPO with a value head for the streaming Moshi, on the GRPO pieces of :mod:`.rllib_grpo` (driven
+by :mod:`.rllib_train`).
 
 The same env runner (groups of rollouts; PPO does not need them, it is simply how the runner
 samples), the same padded batch, the same weight sync. What differs:
@@ -29,7 +30,8 @@ from torch import nn
 
 from duplexgym.agents.grpo_math import PpoConfig, gae, ppo_loss, reference_kl
 from duplexgym.agents.rllib_grpo import (
-    ADVANTAGES, LOSS_MASK, OLD_LOGP, REF_LOGP, GrpoAlgoConfig, GrpoConnector, GrpoLearner, GrpoRLModule, STEP_REWARDS)
+    ADVANTAGES, LOSS_MASK, OLD_LOGP, REF_LOGP, STEP_REWARDS, GrpoConnector, GrpoLearner, GrpoRLModule)
+from duplexgym.agents.rllib_train import GroupSamplingConfig
 
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec  # noqa: E402
 
@@ -106,7 +108,7 @@ class PpoLearner(GrpoLearner):
         return loss
 
 
-class PpoAlgoConfig(GrpoAlgoConfig):
+class PpoAlgoConfig(GroupSamplingConfig):
     """``AlgorithmConfig`` whose defaults are the PPO module and learner."""
 
     def get_default_rl_module_spec(self):

@@ -1,5 +1,5 @@
 """``duplexgym train --config CONFIG.yaml``: a validated :class:`~duplexgym.agents.train_config.TrainConfig`
-run with :func:`~duplexgym.agents.rllib_grpo.train_policy`, and its run folder.
+run with :func:`~duplexgym.agents.rllib_train.train_policy`, and its run folder.
 
 The run folder (``out``) gets these files and folders (a rerun overwrites them, and nothing else):
 
@@ -25,7 +25,7 @@ The run folder (``out``) gets these files and folders (a rerun overwrites them, 
 the iterations before it. The checkpoint's ``algorithm``, ``corpus``, ``axes``, ``axis_weights``, ``segments``,
 ``group_size``, ``segments_per_iteration``, ``env_runners`` and ``seed`` must equal the config's.
 
-Ray (and :mod:`duplexgym.agents.rllib_grpo`, which imports it) is imported only after the config
+Ray (and :mod:`duplexgym.agents.rllib_train`, which imports it) is imported only after the config
 validated.
 """
 
@@ -122,7 +122,7 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         if on_iteration is not None:
             on_iteration(row)
 
-    from duplexgym.agents.rllib_grpo import export_policy, save_training_checkpoint, train_policy  # imports Ray: only now
+    from duplexgym.agents.rllib_train import export_policy, save_training_checkpoint, train_policy  # imports Ray: only now
 
     t0 = time.perf_counter()
     train_policy(cfg, on_iteration=record, resume=None if resume is None else Path(resume).expanduser().resolve(),

@@ -41,7 +41,7 @@ def corpus_dir() -> Path:
 
 
 def run(corpus: Path, runners: int, iterations: int, group_size: int, groups: int) -> dict:
-    from duplexgym.agents.rllib_grpo import train_policy
+    from duplexgym.agents.rllib_train import train_policy
     from duplexgym.agents.train_config import load_train_config
 
     cfg = load_train_config({"corpus": str(corpus), "out": str(Path(tempfile.gettempdir()) / "duplexgym-bench-train"),

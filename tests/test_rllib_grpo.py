@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from duplexgym.agents import rllib_grpo as rg
+from duplexgym.agents import rllib_train as rt
 from duplexgym.agents.checkpoint import build_tiny_lm
 from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss
 
@@ -106,15 +107,15 @@ def _check_iteration(m, episodes, G):
 @pytest.mark.slow
 def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray):
     G = 4
-    initial = rg.text_weights(build_tiny_lm())
+    initial = rt.text_weights(build_tiny_lm())
     seen = []
 
     def on_iteration(algo, m):
-        seen.append((m, list(algo.last_episodes), rg.learner_text_weights(algo), rg.runner_text_weights(algo)))
+        seen.append((m, list(algo.last_episodes), rt.learner_text_weights(algo), rt.runner_text_weights(algo)))
 
     cfg = _cfg(small_corpus, iterations=2, group_size=G, segments_per_iteration=2, lr=1.0e-3, kl_coef=0.05, seed=3,
                axes=["turn"], env_runners=1)
-    metrics = rg.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration)
+    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration)
     assert [m["iteration"] for m in metrics] == [0, 1]
     for m, episodes, _, _ in seen:
         _check_iteration(m, episodes, G)
@@ -134,7 +135,7 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
 def test_grpo_masks_forced_frames_of_interruption_rollouts(small_corpus, local_ray):
     seen = []
     cfg = _cfg(small_corpus, iterations=1, group_size=2, segments_per_iteration=1, seed=0, axes=["interruption"])
-    metrics = rg.train_policy(cfg, segments=_shortest(small_corpus, "interruption", 1),
+    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "interruption", 1),
                               on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes))))
     (m, episodes), = seen
     assert metrics[0]["episodes"] == 2
@@ -157,7 +158,7 @@ def test_update_streams_all_trains_the_audio_codebooks_too(small_corpus, local_r
         seen.append((m, list(algo.last_episodes), {n: p.detach().clone() for n, p in lm.depformer.named_parameters()}))
 
     initial = {n: p.detach().clone() for n, p in build_tiny_lm().depformer.named_parameters()}
-    rg.train_policy(cfg, segments=_shortest(small_corpus, "turn", 1), on_iteration=on_iteration)
+    rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 1), on_iteration=on_iteration)
     (m, episodes, depformer), = seen
     assert np.isfinite(m["loss"]) and np.isfinite(m["kl"])
     # each episode's last frame leaves the loss (its codebooks 1..7 are undefined); the other
@@ -166,3 +167,28 @@ def test_update_streams_all_trains_the_audio_codebooks_too(small_corpus, local_r
     assert m["nonfinite_frames"] == len(episodes)
     assert m["tokens"] == 9 * (frames - len(episodes))
     assert any(not torch.equal(initial[n], depformer[n]) for n in initial), "the audio depformer must move"
+
+
+def test_batch_reward_to_go_advantages_and_failed_episodes():
+    """advantage="reward_to_go": per model frame, from the env rewards of the frames after it; an
+    episode whose reward term failed leaves the loss and its group's statistics."""
+    eps = [_episode(5, "a", 0.0, seed=1), _episode(5, "a", 0.0, seed=2), _episode(5, "a", 0.0, seed=3)]
+    eps[0]["rewards"] = np.array([9.0, 0.0, -1.0, 0.0, 1.0])  # env frame 0's reward is no model frame's
+    eps[1]["rewards"] = np.array([0.0, -1.0, -1.0, 0.0, -1.0])
+    eps[2]["rewards"] = np.array([0.0, 5.0, 5.0, 5.0, 5.0])
+    eps[2]["failed"] = ["quality"]
+    b = rg.build_grpo_batch(eps, advantage="reward_to_go")
+    # model frames 0..3 = env frames 1..4; rewards-to-go [0, 0, 1, 1] and [-3, -2, -1, -1];
+    # centred +-[1.5, 1, 1, 1], RMS sqrt(5.25 / 4)
+    scale = np.sqrt((1.5**2 + 3) / 4)
+    np.testing.assert_allclose(b[rg.ADVANTAGES][:2], np.array([[1.5, 1, 1, 1], [-1.5, -1, -1, -1]]) / scale, rtol=1e-5)
+    assert (b[rg.ADVANTAGES][2] == 0).all() and not b[rg.LOSS_MASK][2].any() and b[rg.LOSS_MASK][:2].all()
+    np.testing.assert_array_equal(b[rg.FAILED_EPISODES], [0, 0, 1])
+    np.testing.assert_array_equal(b[rg.STEP_REWARDS][0], [0.0, -1.0, 0.0, 1.0])
+    # episode advantages leave the failed one out of the group's mean as well
+    for e, r in zip(eps, (1.0, 0.0, 100.0)):
+        e["reward"] = r
+    adv = rg.build_grpo_batch(eps)[rg.ADVANTAGES]
+    np.testing.assert_allclose(adv, [1.0, -1.0, 0.0], atol=1e-5)
+    with pytest.raises(ValueError, match="advantage: expected one of"):
+        rg.build_grpo_batch(eps, advantage="gae")

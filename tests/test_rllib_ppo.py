@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from duplexgym.agents import rllib_grpo as rg
+from duplexgym.agents import rllib_train as rt
 from duplexgym.agents import rllib_ppo as rp
 from duplexgym.agents.grpo_math import returns_to_go
 from duplexgym.agents.train_config import load_train_config
@@ -76,10 +77,10 @@ def test_ppo_loop_on_ray_trains_the_text_policy_and_the_value_head(small_corpus)
     def on_iteration(algo, m):
         learner = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
         runner = algo.env_runner_group.local_env_runner._module()
-        seen.append((m, rg.text_weights(learner), {n: p.detach().clone() for n, p in learner.value_head.named_parameters()},
+        seen.append((m, rt.text_weights(learner), {n: p.detach().clone() for n, p in learner.value_head.named_parameters()},
                      hasattr(runner, "value_head") or hasattr(runner, "ref_lm")))
 
-    metrics = rg.train_policy(cfg, segments=segments, on_iteration=on_iteration)
+    metrics = rt.train_policy(cfg, segments=segments, on_iteration=on_iteration)
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     for m, _, _, runner_has_extras in seen:
         for key in ("loss", "policy_loss", "value_loss", "kl", "value_mean", "return_mean"):

@@ -25,13 +25,13 @@ def _cfg(corpus, out, **kw):
 
 
 def _lm_state(algo) -> dict:
-    from duplexgym.agents.rllib_grpo import learner_lm
+    from duplexgym.agents.rllib_train import learner_lm
 
     return {k: v.detach().cpu().clone() for k, v in learner_lm(algo).state_dict().items()}
 
 
 def _optim_state(algo) -> dict:
-    from duplexgym.agents.rllib_grpo import learner_optimizer_state
+    from duplexgym.agents.rllib_train import learner_optimizer_state
 
     return copy.deepcopy(learner_optimizer_state(algo))
 
