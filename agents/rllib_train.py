@@ -66,8 +66,12 @@ class GroupSamplingAlgorithm(Algorithm):
     def get_default_config(cls):
         return GroupSamplingConfig()
 
-    last_episodes: list = []
-    last_grpo: dict = {}
+    def setup(self, config):
+        #: ``{worker_index: GrpoEnvRunner.grpo_state()}`` after the last finished sampling (or a restore).
+        self.runner_states: dict[int, dict] = {}
+        self.last_episodes: list = []  # the last iteration's episodes
+        self.last_grpo: dict = {}  # the last iteration's metrics (train_policy's per-iteration row)
+        super().setup(config)
 
     def _sampling_remote(self) -> bool:
         return self.env_runner_group.num_remote_env_runners() > 0
@@ -105,13 +109,6 @@ class GroupSamplingAlgorithm(Algorithm):
                                              remote_worker_ids=[idx], local_env_runner=False)
             results += group.foreach_env_runner(work, remote_worker_ids=back, local_env_runner=False)
         return sorted(results, key=lambda r: r[0]), restored_total
-
-    @property
-    def runner_states(self) -> dict:
-        """``{worker_index: GrpoEnvRunner.grpo_state()}`` after the last finished sampling."""
-        if "_runner_states" not in self.__dict__:
-            self._runner_states = {}
-        return self._runner_states
 
     def training_step(self):
         t0 = time.perf_counter()
