@@ -49,6 +49,8 @@ class GroupSamplingConfig(AlgorithmConfig):
         return GrpoLearner
 
 
+#: Key of this package's per-iteration numbers (reward means per axis, frames/s, ...) in RLlib's results.
+RESULT_KEY = "duplexgym"
 #: How long a training iteration waits for Ray to bring a dead env runner back (seconds).
 RUNNER_RESTORE_TIMEOUT_S = 180.0
 
@@ -145,6 +147,10 @@ class GroupSamplingAlgorithm(Algorithm):
                           "runners_restored": restored,
                           "groups": sorted({e.custom_data["group"] for e in episodes}),
                           "segments": sorted({e.custom_data["segment"] for e in episodes})}
+        # Also where RLlib logs (the result dict of ``algo.train()``, and Tune's loggers under Tune):
+        # the numbers of the iteration's progress line, under RESULT_KEY.
+        self.metrics.log_dict({k: v for k, v in self.last_grpo.items() if k not in ("groups", "segments")},
+                              key=RESULT_KEY, window=1)
         return None
 
 

@@ -115,8 +115,19 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
 
     cfg = _cfg(small_corpus, iterations=2, group_size=G, segments_per_iteration=2, lr=1.0e-3, kl_coef=0.05, seed=3,
                axes=["turn"], env_runners=1)
-    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration)
+    results = []
+
+    def on_start(algo, done):  # keep what algo.train() returns: where RLlib logs
+        train = algo.train
+        algo.train = lambda: results.append(train()) or results[-1]
+
+    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration,
+                              on_start=on_start)
     assert [m["iteration"] for m in metrics] == [0, 1]
+    for m, result in zip(metrics, results, strict=True):
+        logged = result[rt.RESULT_KEY]
+        assert logged["reward_mean"] == m["reward_mean"] and logged["frames"] == m["frames"]
+        assert logged["frames_per_s"] == m["frames_per_s"] and "learner_share" in logged
     for m, episodes, _, _ in seen:
         _check_iteration(m, episodes, G)
         assert set(m["reward_mean"]) == {"turn"} and np.isfinite(m["reward_mean"]["turn"])
