@@ -200,7 +200,7 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
     else:
         info = resolve_checkpoint(source, text_tokenizer)
         lm = _load_lm(info, device, dtype)
-        models = MoshiModels(lm, _load_checkpoint_mimi(info, device), Path(info.tokenizer),
+        models = MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
                              dict(info.lm_config or loaders._lm_kwargs), str(source), dict(info.lm_gen_config))
     _check_vocabulary(models)
     return models
@@ -221,7 +221,7 @@ def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device =
     if isinstance(source, str) and source == TINY_SPEC:
         return MoshiModels(lm, load_mimi(TINY_SPEC, device), find_text_tokenizer(), tiny_lm_kwargs(), TINY_SPEC)
     info = resolve_checkpoint(source)
-    return MoshiModels(lm, _load_checkpoint_mimi(info, device), Path(info.tokenizer),
+    return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
                        dict(info.lm_config or loaders._lm_kwargs), str(source), dict(info.lm_gen_config))
 
 
@@ -379,7 +379,8 @@ def _load_lm(info: loaders.CheckpointInfo, device, dtype) -> LMModel:
     return lm.eval()
 
 
-def _load_checkpoint_mimi(info: loaders.CheckpointInfo, device) -> MimiModel:
+def load_checkpoint_mimi(info: loaders.CheckpointInfo, device) -> MimiModel:
+    """The Mimi of a resolved checkpoint (:func:`resolve_checkpoint`), without its LM."""
     try:
         return load_mimi(info.mimi_weights, device)  # Kyutai's or the tiny config, recognised by shapes
     except CodecError:

@@ -90,10 +90,6 @@ def _make_env(cfg: dict):
                            obs_mode="codes", action_mode="tokens")
 
 
-def _sampler_kwargs(cfg: dict) -> dict:
-    return {k: cfg[k] for k in ("temp", "temp_text", "top_k", "top_k_text")}
-
-
 DEFAULT_SAMPLER = {"temp": 0.8, "temp_text": 0.7, "top_k": 250, "top_k_text": 25}
 
 
@@ -117,7 +113,13 @@ class GrpoRLModule(TorchRLModule, InferenceOnlyAPI):
         return ["ref_lm"]
 
     def sampler(self) -> dict:
+        """The streaming sampler's temperatures and top-k (``model_config``, else :data:`DEFAULT_SAMPLER`)."""
         return {**DEFAULT_SAMPLER, **{k: v for k, v in (self.model_config or {}).items() if k in DEFAULT_SAMPLER}}
+
+    def train_settings(self) -> dict:
+        """The loss settings of the training config (``model_config["train"]``: clip_eps, kl_coef,
+        update_streams, advantage, epochs, gamma, lam, vf_coef), as ``algorithm_config`` puts them."""
+        return self.model_config["train"]
 
     def logprobs(self, lm, batch) -> torch.Tensor:
         """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``: the
@@ -164,10 +166,11 @@ class GrpoEnvRunner(SingleAgentEnvRunner):
             module = self._module()
             models = with_lm(module.model_source(), module.lm.eval())
             seed = int(np.random.SeedSequence([grpo["seed"], 1, self.worker_index]).generate_state(1)[0])
-            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **_sampler_kwargs(grpo))
+            sampler = module.sampler()
+            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **sampler)
             self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
             hook = self._agent.lm_gen.on_text_logits_hook
-            temp_text = float(grpo["temp_text"])
+            temp_text = float(sampler["temp_text"])
 
             def capture(text_logits, hook=hook):
                 logits = text_logits[:, 0, 0].clone()  # before the agent's sampler edits them
@@ -359,11 +362,6 @@ def _episode_record(e: SingleAgentEpisode) -> dict:
 class GrpoConnector(ConnectorV2):
     """Learner connector: whole episodes -> the padded GRPO batch, with old and reference log-probs."""
 
-    @staticmethod
-    def settings(rl_module) -> dict:
-        module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
-        return dict((module.model_config or {}).get("train", {}))
-
     def policy_pass(self, module, t: dict, cols: dict) -> torch.Tensor:
         """``[B, 9, T]`` teacher-forced log-probs under the learner's weights (no grad); a subclass
         may keep more of the same pass in ``cols`` (PPO: the values)."""
@@ -377,8 +375,8 @@ class GrpoConnector(ConnectorV2):
         if not eps:
             return batch
         module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
-        settings = self.settings(rl_module)
-        cols = build_grpo_batch([_episode_record(e) for e in eps], advantage=settings.get("advantage", "episode"))
+        settings = module.train_settings()
+        cols = build_grpo_batch([_episode_record(e) for e in eps], advantage=settings["advantage"])
         with torch.no_grad():
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
             old = self.policy_pass(module, t, cols)
@@ -386,7 +384,7 @@ class GrpoConnector(ConnectorV2):
         # Frames with a non-finite log-prob in a stream the loss covers leave the loss, counted. The
         # last frame's codebooks 1..7 are undefined (NaN: agents.logprobs), so with audio streams
         # each episode's last frame is left out; nothing else is expected.
-        streams = stream_mask(settings.get("update_streams", "text"))
+        streams = stream_mask(settings["update_streams"])
         finite = (torch.isfinite(old[:, streams]).all(dim=1) & torch.isfinite(ref[:, streams]).all(dim=1)).numpy()
         cols[NONFINITE] = (cols[LOSS_MASK] & ~finite).sum(axis=1).astype(np.float32)  # [B]
         cols[LOSS_MASK] = cols[LOSS_MASK] & finite
@@ -412,7 +410,7 @@ class GrpoConnector(ConnectorV2):
 
 class GrpoLearner(TorchLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        train = self.module[module_id].model_config["train"]
+        train = self.module[module_id].train_settings()
         cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=train["clip_eps"],
                          kl_coef=train["kl_coef"], update_streams=train["update_streams"])
         loss, metrics = grpo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[REF_LOGP], batch[ADVANTAGES],

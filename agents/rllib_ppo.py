@@ -78,7 +78,7 @@ class PpoConnector(GrpoConnector):
         return logp
 
     def add_columns(self, module, cols: dict) -> None:
-        train = self.settings(module)
+        train = module.train_settings()
         mask = torch.from_numpy(np.arange(cols[STEP_REWARDS].shape[1])[None, :] < cols["seq_lens"][:, None])
         values = cols[VALUES_OLD]
         values = torch.where(mask, values.double(), torch.zeros_like(values, dtype=torch.float64))
@@ -93,7 +93,7 @@ class PpoConnector(GrpoConnector):
 
 class PpoLearner(GrpoLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        train = self.module[module_id].model_config["train"]
+        train = self.module[module_id].train_settings()
         cfg = PpoConfig(clip_eps=train["clip_eps"], vf_coef=train["vf_coef"], update_streams=train["update_streams"])
         mask = batch[LOSS_MASK].bool()
         loss, metrics = ppo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[ADVANTAGES], fwd_out["values"],

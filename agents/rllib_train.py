@@ -27,7 +27,8 @@ from gymnasium import spaces  # noqa: E402
 
 from duplexgym.agents.checkpoint import with_lm  # noqa: E402
 from duplexgym.agents.rllib_grpo import (  # noqa: E402
-    DEFAULT_SAMPLER, ENV_NAME, RUNNER_STATE_NAME, GrpoConnector, GrpoEnvRunner, GrpoLearner, GrpoRLModule, _make_env)
+    DEFAULT_SAMPLER, ENV_NAME, GrpoConnector, GrpoEnvRunner, GrpoLearner, GrpoRLModule, _make_env)
+from duplexgym.agents.train import RUNNER_STATE_NAME, read_checkpoint_meta  # noqa: E402
 
 from ray.rllib.algorithms.algorithm import Algorithm  # noqa: E402
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig  # noqa: E402
@@ -75,7 +76,8 @@ class GroupSamplingAlgorithm(Algorithm):
         self.last_grpo: dict = {}  # the last iteration's metrics (train_policy's per-iteration row)
         super().setup(config)
 
-    def _sampling_remote(self) -> bool:
+    def sampling_remote(self) -> bool:
+        """True when remote env runners sample (the local one then has no env)."""
         return self.env_runner_group.num_remote_env_runners() > 0
 
     def _sample(self) -> tuple[list, int]:
@@ -85,7 +87,7 @@ class GroupSamplingAlgorithm(Algorithm):
             episodes = runner.sample()
             return int(runner.worker_index), episodes, runner.get_metrics(), runner.grpo_state()
 
-        if not self._sampling_remote():
+        if not self.sampling_remote():
             return [work(self.env_runner)], 0
         group = self.env_runner_group
         expected = set(range(1, group.num_remote_env_runners() + 1))
@@ -120,7 +122,7 @@ class GroupSamplingAlgorithm(Algorithm):
         episodes = [e for _, eps, _, _ in results for e in eps]
         self.metrics.aggregate([m for _, _, m, _ in results], key="env_runners")
         frames = sum(len(e) for e in episodes)
-        epochs = int(self.config.rl_module_spec.model_config["train"]["epochs"])
+        epochs = int(self.config.rl_module_spec.model_config["train"]["epochs"])  # = the modules' train_settings()
         t1 = time.perf_counter()
         learner_results = self.learner_group.update(episodes=episodes, num_epochs=epochs, minibatch_size=None,
                                                     timesteps={"num_env_steps_sampled_lifetime": frames})
@@ -167,8 +169,7 @@ def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
     if cfg.segments_per_iteration % n_runners:
         raise ValueError(f"segments_per_iteration={cfg.segments_per_iteration} must split evenly over "
                          f"{n_runners} env runners")
-    sampler = dict(DEFAULT_SAMPLER)
-    grpo = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners, **sampler}
+    grpo = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners}
     segments = segments if segments is not None else cfg.segments
     env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
                   "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "grpo": grpo}
@@ -195,7 +196,7 @@ def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
         .training(lr=cfg.lr)
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
                                                action_space=act_space,
-                                               model_config={**sampler, "model": cfg.model, "train": train}))
+                                               model_config={**DEFAULT_SAMPLER, "model": cfg.model, "train": train}))
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
                          delay_between_env_runner_restarts_s=1.0)
         .debugging(seed=int(cfg.seed))
@@ -289,8 +290,7 @@ def runner_text_weights(algo) -> list[dict[str, np.ndarray]]:
             assert runner._agent.lm is module.lm, "the sampler must stream with the RLModule's LM"
         return text_weights(module)
 
-    remote = algo.env_runner_group.num_remote_env_runners() > 0
-    return algo.env_runner_group.foreach_env_runner(read, local_env_runner=not remote)
+    return _sampling_runners(algo, read)
 
 
 def learner_text_weights(algo) -> dict[str, np.ndarray]:
@@ -302,8 +302,8 @@ def learner_text_weights(algo) -> dict[str, np.ndarray]:
 
 
 def _sampling_runners(algo, fn):
-    remote = algo.env_runner_group.num_remote_env_runners() > 0
-    return algo.env_runner_group.foreach_env_runner(fn, local_env_runner=not remote)
+    """``fn`` on every env runner that samples: the remote ones, else the local one."""
+    return algo.env_runner_group.foreach_env_runner(fn, local_env_runner=not algo.sampling_remote())
 
 
 def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int, extra: dict | None = None) -> Path:
@@ -321,21 +321,9 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
     return path
 
 
-def read_training_checkpoint(path: str | os.PathLike) -> dict:
-    """The ``grpo_runners.json`` of a checkpoint folder; ``ValueError`` if it is not one."""
-    import json
-
-    path = Path(path)
-    meta = path / RUNNER_STATE_NAME
-    if not path.is_dir() or not meta.is_file():
-        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
-                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
-    return json.loads(meta.read_text())
-
-
 def restore_training_checkpoint(algo, path: str | os.PathLike) -> int:
     """Restore ``algo`` from :func:`save_training_checkpoint`'s folder; returns the iterations done."""
-    meta = read_training_checkpoint(path)
+    meta = read_checkpoint_meta(path)
     states = {int(st["worker_index"]): st for st in meta["runners"]}
     algo.restore_from_path(str(Path(path).resolve()))
     algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)

@@ -47,7 +47,9 @@ CONFIG_NAME = "config.yaml"
 CURVE_NAME = "reward_curve.png"
 POLICY_NAME = "policy"
 CHECKPOINTS_NAME = "checkpoints"
-RUNNER_STATE_NAME = "grpo_runners.json"  # = rllib_grpo.RUNNER_STATE_NAME (not imported: it imports Ray)
+#: Beside an ``algo.save_to_path`` checkpoint: the iterations done, every sampling env runner's segment
+#: schedule and the config (written by ``rllib_train.save_training_checkpoint``).
+RUNNER_STATE_NAME = "grpo_runners.json"
 #: Config fields a resumed run must share with its checkpoint.
 RESUME_KEYS = ("algorithm", "corpus", "axes", "axis_weights", "segments", "group_size", "segments_per_iteration", "env_runners",
                "seed")
@@ -59,14 +61,20 @@ def checkpoint_path(out: str | Path, iterations_done: int) -> Path:
     return Path(out) / CHECKPOINTS_NAME / f"iter_{iterations_done:04d}"
 
 
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """The :data:`RUNNER_STATE_NAME` of a training checkpoint folder; ``ValueError`` if it is not one."""
+    path = Path(path)
+    meta = path / RUNNER_STATE_NAME
+    if not meta.is_file():
+        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
+                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
+    return json.loads(meta.read_text(encoding="utf-8"))
+
+
 def check_resume(cfg: TrainConfig, resume: str | Path) -> int:
     """Checks a ``--resume`` folder against ``cfg`` without Ray; returns its iterations done."""
     path = Path(resume).expanduser().resolve()
-    meta_path = path / RUNNER_STATE_NAME
-    if not meta_path.is_file():
-        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
-                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta = read_checkpoint_meta(path)
     saved = meta.get("config") or {}
     mine = cfg.to_dict()
     for key in RESUME_KEYS:

@@ -198,8 +198,9 @@ def config_from_dict(raw: Any) -> TrainConfig:
     ray_address = _ray_address(raw.get("ray_address"))
     out = _out(raw["out"])
     model = _model(raw.get("model", TINY_MODEL))
-    corpus = _corpus(raw["corpus"], axes, model)
-    segment_ids = _segments(raw.get("segments"), corpus, axes)
+    replay = _corpus(raw["corpus"], axes, model)
+    segment_ids = _segments(raw.get("segments"), replay, axes)
+    corpus = str(replay.path)
     return TrainConfig(corpus=corpus, out=out, algorithm=algorithm, model=model, group_size=group_size,
                        segments_per_iteration=segments, iterations=iterations, epochs=epochs, lr=lr,
                        kl_coef=kl_coef, clip_eps=clip_eps, update_streams=update_streams, advantage=advantage,
@@ -346,7 +347,8 @@ def _model(value: Any) -> str:
     return str(path)
 
 
-def _corpus(value: Any, axes: tuple[str, ...], model: str) -> str:
+def _corpus(value: Any, axes: tuple[str, ...], model: str):
+    """The checked corpus, opened (a ``ReplayCorpus`` at the resolved path)."""
     from duplexgym.corpora.errors import CorpusError
     from duplexgym.envs.corpus import ReplayCorpus
 
@@ -366,33 +368,31 @@ def _corpus(value: Any, axes: tuple[str, ...], model: str) -> str:
         raise TrainConfigError(f"corpus: {path} was built with codec {corpus.codec_spec!r}; model 'tiny' needs codes "
                                "of the tiny Mimi (`--codec tiny`)")
     if model != TINY_MODEL:
-        from duplexgym.agents.checkpoint import _load_checkpoint_mimi, resolve_checkpoint
+        from duplexgym.agents.checkpoint import load_checkpoint_mimi, resolve_checkpoint
         from duplexgym.corpora.codec import codec_id
 
-        mimi_id = codec_id(_load_checkpoint_mimi(resolve_checkpoint(model), "cpu"))  # Mimi only, not the LM
+        mimi_id = codec_id(load_checkpoint_mimi(resolve_checkpoint(model), "cpu"))  # Mimi only, not the LM
         if mimi_id != corpus.codec_id:
             raise TrainConfigError(f"model: the Mimi of {model} is codec {mimi_id}, but the corpus {path} holds codes of "
                                    f"{corpus.codec_id}; build the corpus with this model's Mimi (`--codec PATH`)")
     missing = [axis for axis in axes if not corpus.select((axis,))]
     if missing:
         raise TrainConfigError(f"axes: the corpus {path} has no {missing[0]!r} segments")
-    return str(path)
+    return corpus
 
 
-def _segments(value: Any, corpus: str, axes: tuple[str, ...]) -> tuple[str, ...] | None:
+def _segments(value: Any, corpus, axes: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise TrainConfigError(f"segments: expected null or a non-empty list of segment ids, got {value!r}")
-    from duplexgym.envs.corpus import ReplayCorpus
-
-    by_id = ReplayCorpus(corpus).by_id
+    by_id = corpus.by_id
     for i, sid in enumerate(value):
         seg = by_id.get(sid)
         if seg is None:
             close = difflib.get_close_matches(sid, by_id, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise TrainConfigError(f"segments[{i}]: no segment {sid!r} in {corpus}{hint}")
+            raise TrainConfigError(f"segments[{i}]: no segment {sid!r} in {corpus.path}{hint}")
         if seg.axis not in axes:
             raise TrainConfigError(f"segments[{i}]: {sid!r} is a {seg.axis} segment, not of axes ({', '.join(axes)})")
         if sid in value[:i]:
