@@ -11,7 +11,11 @@ synthetic corpus, 48 dialogues). Prints a table and writes benchmarks/results/co
 
 from __future__ import annotations
 
-import argparse
+from duplexgym.runtime import configure_runtime
+
+configure_runtime()  # before torch is imported
+
+import argparse  # noqa: E402
 import json
 import platform
 import sys
@@ -19,12 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import duplexgym  # noqa: F401  (process settings before torch)
 from duplexgym.corpora.dialogue import SPEAKERS
 from duplexgym.corpora.events import detect_events
 from duplexgym.corpora.segments import cut_segments
 from duplexgym.corpora.sources.stereo import stereo_sources
 from duplexgym.corpora.vad import VAD_RATE, speech_spans, to_vad_rate
+
 
 RESULTS = Path(__file__).parent / "results" / "corpus_build.json"
 

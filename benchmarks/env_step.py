@@ -27,12 +27,9 @@ runs/default-corpus --codec tiny``). Prints a table and writes benchmarks/result
 
 from __future__ import annotations
 
-import os
+from duplexgym.runtime import configure_runtime
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ[_var] = "1"  # one core, before numpy (and torch) are imported
-
-import duplexgym  # noqa: E402  (process settings before numpy and torch)
+configure_runtime(threads=1)  # one core, before torch is imported
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -45,13 +42,15 @@ from pathlib import Path  # noqa: E402
 
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
-
-from duplexgym import AXES  # noqa: E402
-from duplexgym.agents.baselines import make_agent  # noqa: E402
-from duplexgym.corpora.dialogue import FRAME_S  # noqa: E402
+from duplexgym.agents.policies import make_agent  # noqa: E402
 from duplexgym.envs.corpus import ReplayCorpus  # noqa: E402
 from duplexgym.envs.replay import DuplexReplayEnv  # noqa: E402
 from duplexgym.rewards.scoring import score_episode  # noqa: E402
+
+from duplexgym.constants import (
+    AXES,  # noqa: E402
+    FRAME_S,  # noqa: E402
+)
 
 RESULTS = Path(__file__).parent / "results" / "env_step.json"
 ROOT = Path(__file__).resolve().parent.parent

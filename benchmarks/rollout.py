@@ -12,10 +12,9 @@ Prints a table and writes benchmarks/results/rollout.json.
 
 from __future__ import annotations
 
-import os
+from duplexgym.runtime import configure_runtime
 
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+configure_runtime(threads=1)  # one core, before torch is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -25,11 +24,10 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import duplexgym  # noqa: E402,F401
 import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
+from duplexgym.agents.policies.base import row_infos  # noqa: E402
 
-from duplexgym.agents.base import row_infos  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "rollout.json"
 FRAME_RATE = 12.5
@@ -44,7 +42,7 @@ def corpus_dir() -> Path:
 
 
 def run(corpus: Path, batch: int, steps: int, seed: int = 0) -> dict:
-    from duplexgym.agents.moshi_agent import MoshiAgent
+    from duplexgym.agents.policies.moshi_agent import MoshiAgent
 
     def make():
         return gym.make("duplexgym/Interactivity-v0", corpus=str(corpus))

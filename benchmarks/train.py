@@ -15,13 +15,12 @@ Prints a table and writes benchmarks/results/train.json.
 
 from __future__ import annotations
 
-import os
+from duplexgym.runtime import configure_runtime
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+configure_runtime()  # before torch and Ray are imported
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -41,8 +40,8 @@ def corpus_dir() -> Path:
 
 
 def run(corpus: Path, runners: int, iterations: int, group_size: int, groups: int) -> dict:
-    from duplexgym.agents.rllib_train import train_policy
-    from duplexgym.agents.train_config import load_train_config
+    from duplexgym.agents.training.config import load_train_config
+    from duplexgym.agents.training.driver import train_policy
 
     cfg = load_train_config({"corpus": str(corpus), "out": str(Path(tempfile.gettempdir()) / "duplexgym-bench-train"),
                              "axes": ["turn"], "group_size": group_size, "segments_per_iteration": groups,

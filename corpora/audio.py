@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from duplexgym.corpora.dialogue import SAMPLE_RATE
 from duplexgym.corpora.errors import InputFileError
+
+from duplexgym.constants import SAMPLE_RATE
 
 #: Lowest input sample rate accepted, in Hz (telephone speech, e.g. Switchboard / Fisher).
 MIN_INPUT_RATE = 8_000

@@ -30,14 +30,20 @@ from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
-
-from duplexgym.corpora.dialogue import FRAME_SAMPLES, SAMPLE_RATE, SPEAKERS, Dialogue
+from duplexgym.corpora.dialogue import SPEAKERS, Dialogue
 from duplexgym.corpora.errors import InputFileError, SourceError
-from duplexgym.corpora.events import DetectionParams, detect_events, event_from_dict, event_to_dict
+from duplexgym.corpora.events import (
+    DetectionParams,
+    detect_events,
+    event_from_dict,
+    event_to_dict,
+)
 from duplexgym.corpora.manifest import Segment, read_manifest, write_manifest
 from duplexgym.corpora.segments import SegmentParams, cut_segments, select_segments
 from duplexgym.corpora.sources import FORMATS, DialogueSource
 from duplexgym.corpora.vad import VadParams, params_dict, speech_spans
+
+from duplexgym.constants import AXES, FRAME_SAMPLES, SAMPLE_RATE
 
 #: Bump when the layout or the meaning of the .work files changes.
 BUILD_VERSION = 2
@@ -139,13 +145,13 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
         sources = _dialogue_sources(source, fmt, out, options, summary, progress)
         candidates, events_lines, loaders, fingerprints = _detect_all(sources, out, options, summary, progress)
 
-    for axis in _axes():
+    for axis in AXES:
         summary.candidates[axis] = sum(1 for s in candidates if s.axis == axis)
     selected = select_segments(candidates, options.per_axis, options.seed)
     selected = _write_audio(selected, loaders, fingerprints, out, summary, progress)
     if mimi is not None:
         selected = _write_codes(selected, mimi, out, progress)
-    for axis in _axes():
+    for axis in AXES:
         summary.segments[axis] = sum(1 for s in selected if s.axis == axis)
 
     _write_text(out / "events.jsonl", "".join(line + "\n" for line in events_lines))
@@ -165,20 +171,14 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     return summary
 
 
-def _axes():
-    from duplexgym import AXES
-
-    return AXES
-
-
 # --- stage 1: dialogues -> events ---------------------------------------------------------
 
 
 def _dialogue_sources(source: str, fmt: str, out: Path, options: BuildOptions, summary: BuildSummary,
                       progress: Progress) -> list[DialogueSource]:
     if fmt == "synthetic":
-        from duplexgym.corpora.synthetic import SyntheticParams, generate_corpus
         from duplexgym.corpora.sources.stereo import stereo_sources
+        from duplexgym.corpora.synthetic import SyntheticParams, generate_corpus
 
         n = options.dialogues or DEFAULT_SYNTHETIC_DIALOGUES
         generate_corpus(out / "source", seed=0, params=SyntheticParams(n_dialogues=n))

@@ -32,20 +32,19 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from duplexgym.corpora.dialogue import FRAME_SAMPLES, SAMPLE_RATE  # sets NO_TORCH_COMPILE etc. first
+import torch
 from duplexgym.corpora.errors import SourceError
+from moshi.models import loaders
+from moshi.models.compression import MimiModel
 
-import torch  # noqa: E402  (after duplexgym's runtime settings)
-from moshi.models import loaders  # noqa: E402
-from moshi.models.compression import MimiModel  # noqa: E402
+from duplexgym.constants import (
+    FRAME_SAMPLES,
+    MIMI_CARDINALITY,
+    MIMI_CODEBOOKS,
+    SAMPLE_RATE,
+    TINY_MODEL,
+)
 
-#: Codebooks per frame, as Moshi reads and writes them.
-MIMI_CODEBOOKS = 8
-#: Entries per codebook: codes lie in ``[0, MIMI_CARDINALITY)``.
-MIMI_CARDINALITY = 2048
-#: The ``--codec`` value that selects the tiny random-weight Mimi.
-TINY_SPEC = "tiny"
 #: Seed of the private generator the tiny Mimi's weights are drawn from.
 TINY_MIMI_SEED = 20_240_917
 #: File suffixes read as safetensors (the ones moshi's loader treats as safetensors).
@@ -110,7 +109,7 @@ def load_mimi(spec: str | os.PathLike, device: str | torch.device = "cpu") -> Mi
     :class:`CodecError` for any other suffix (pickles are never loaded: they can run code), a
     missing or unreadable file, or tensors that do not fit the Mimi architecture.
     """
-    if isinstance(spec, str) and spec == TINY_SPEC:
+    if isinstance(spec, str) and spec == TINY_MODEL:
         return _build_tiny_mimi().to(device)
     path = Path(spec)
     config = _config_of_checkpoint(path)
@@ -277,7 +276,7 @@ def codec_id(spec: str | os.PathLike | MimiModel) -> str:
     """
     if isinstance(spec, MimiModel):
         return _digest_id(spec.state_dict())
-    if isinstance(spec, str) and spec == TINY_SPEC:
+    if isinstance(spec, str) and spec == TINY_MODEL:
         return _tiny_codec_id()
     path = Path(spec).resolve()
     stat = path.stat() if path.is_file() else None

@@ -6,12 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: Sample rate of every track inside duplexgym (Moshi / Mimi rate), in Hz.
-SAMPLE_RATE = 24_000
-#: Samples per 80 ms frame at :data:`SAMPLE_RATE` (12.5 frames per second).
-FRAME_SAMPLES = 1_920
-#: Duration of one frame in seconds.
-FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+from duplexgym.constants import SAMPLE_RATE
+
 #: Speaker labels; ``A`` is channel 0 / ``track_a``, ``B`` is channel 1 / ``track_b``.
 SPEAKERS = ("A", "B")
 

@@ -32,9 +32,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-from duplexgym.corpora.dialogue import FRAME_S, Word, other_speaker
+from duplexgym.corpora.dialogue import Word, other_speaker
 from duplexgym.corpora.events import Backchannel, Event, Interruption, Pause, TurnShift
 from duplexgym.corpora.manifest import Segment
+
+from duplexgym.constants import AXES, FRAME_S
 
 AXIS_OF_EVENT = {"pause": "pause", "turn": "turn", "backchannel": "backchannel", "interruption": "interruption"}
 #: Reference spans at least this long (s) hold the floor; a segment's context starts after them.
@@ -207,8 +209,6 @@ def select_segments(candidates: list[Segment], per_axis: int, seed: int) -> list
     dialogue to a corpus keeps the earlier choices where the quota allows. Output order: axis,
     dialogue, event time.
     """
-    from duplexgym import AXES
-
     chosen = []
     for axis in AXES:
         pool = [s for s in candidates if s.axis == axis]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
 from duplexgym.corpora.manifest import Segment, read_manifest
+
+from duplexgym.constants import AXES
 
 
 def _describe(values: list[float]) -> dict:
@@ -19,7 +20,6 @@ def _describe(values: list[float]) -> dict:
 
 def corpus_stats(corpus_dir: str | Path) -> dict:
     """Per-axis counts, durations (s) and the axis' event statistics (s)."""
-    from duplexgym import AXES
     from duplexgym.corpora.build import load_corpus_info
 
     segments = read_manifest(corpus_dir)

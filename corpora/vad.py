@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
 from duplexgym.corpora.audio import resample
-from duplexgym.corpora.dialogue import SAMPLE_RATE
+
+from duplexgym.constants import SAMPLE_RATE
 
 #: silero VAD's input rate in Hz.
 VAD_RATE = 16_000

@@ -10,11 +10,16 @@ import argparse
 import json
 import sys
 
-import duplexgym  # noqa: F401  (sets NO_TORCH_COMPILE etc. before torch is imported)
+from duplexgym.runtime import configure_runtime
 
 
 def _corpus_build(args) -> int:
-    from duplexgym.corpora.build import BuildOptions, build_corpus, no_progress, tqdm_progress
+    from duplexgym.corpora.build import (
+        BuildOptions,
+        build_corpus,
+        no_progress,
+        tqdm_progress,
+    )
 
     options = BuildOptions(format=args.format, per_axis=args.per_axis, seed=args.seed, codec=args.codec,
                            dialogues=args.dialogues)
@@ -40,7 +45,7 @@ def _corpus_stats(args) -> int:
 
 
 def _rollout(args) -> int:
-    from duplexgym.agents.rollout import rollout
+    from duplexgym.agents.evaluation.rollout import rollout
 
     kwargs = {}
     for key in ("obs_mode", "action_mode", "rewards"):
@@ -66,10 +71,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 def _eval(args) -> int:
-    from duplexgym.agents.evaluate import evaluate, format_table
+    from duplexgym.agents.evaluation.evaluate import evaluate, format_table
 
     summary = evaluate(args.corpus, args.agent, per_axis=args.per_axis, seed=args.seed,
-                       obs_mode=args.obs_mode or "waveform", action_mode=args.action_mode or "waveform",
+                       obs_mode=args.obs_mode, action_mode=args.action_mode,
                        rewards=args.rewards, export=args.export, progress=not args.quiet)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
@@ -81,7 +86,7 @@ def _eval(args) -> int:
 
 
 def _rescore(args) -> int:
-    from duplexgym.agents.replay import rescore
+    from duplexgym.agents.evaluation.replay import rescore
 
     summary, _ = rescore(args.episodes, args.rewards)
     summary["out"] = str(args.episodes)
@@ -90,7 +95,7 @@ def _rescore(args) -> int:
 
 
 def _replay(args) -> int:
-    from duplexgym.agents.replay import replay_check
+    from duplexgym.agents.evaluation.replay import replay_check
 
     result = replay_check(args.episode)
     if args.json:
@@ -106,13 +111,13 @@ def _train(args) -> int:
     import contextlib
     import os
 
-    from duplexgym.agents.train_config import load_train_config
+    from duplexgym.agents.training.config import load_train_config
 
     cfg = load_train_config(args.config)  # validated before Ray is imported or started
-    from duplexgym.agents.train import format_iteration, run_training
+    from duplexgym.agents.training.run import format_iteration, run_training
 
     if args.resume is not None:
-        from duplexgym.agents.train import check_resume
+        from duplexgym.agents.training.run import check_resume
 
         check_resume(cfg, args.resume)  # before Ray starts
     if not args.json:
@@ -138,78 +143,128 @@ def _train(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="duplexgym", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows an option's default value (when it has one and the text does not already
+    say what happens without it) and keeps the descriptions' line breaks."""
 
-    corpus = sub.add_parser("corpus", help="build and inspect corpora").add_subparsers(dest="corpus_command", required=True)
-    build = corpus.add_parser("build", help="conversation audio -> per-axis segments + manifest")
-    build.add_argument("source", help="a folder, a .jsonl listing, or 'synthetic' (the embedded default)")
-    build.add_argument("--out", required=True, help="corpus folder to write (a rerun resumes)")
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if action.required or default is None or default is False or default == argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _sub(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or help, formatter_class=_HelpFormatter)
+
+
+def _json_quiet(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+
+
+MODES_HELP = "default: codes / tokens when the corpus was built with --codec, else waveform"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="duplexgym", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    corpus = _sub(sub, "corpus", "build and inspect corpora").add_subparsers(dest="corpus_command", required=True,
+                                                                              metavar="COMMAND")
+    build = _sub(corpus, "build", "conversation audio -> per-axis segments, manifest, audio and codes",
+                 "Build a corpus folder from SOURCE. A rerun with the same options resumes an interrupted build.")
+    build.add_argument("source", help="a folder of stereo files, a pairs .jsonl listing, a Full-Duplex-Bench v1 "
+                                      "folder, or the word 'synthetic' (the embedded default)")
+    build.add_argument("--out", required=True, help="the corpus folder to write (new, or one this command built)")
     build.add_argument("--format", choices=["stereo", "pairs", "fdb1", "synthetic"], default=None,
-                       help="source format (inferred when omitted)")
-    build.add_argument("--per-axis", type=int, default=2000, help="most segments kept per axis (default 2000)")
-    build.add_argument("--seed", type=int, default=0, help="seed of the per-axis selection (default 0)")
-    build.add_argument("--codec", default=None, help="store Mimi codes: 'tiny' or a Mimi .safetensors path")
-    build.add_argument("--dialogues", type=int, default=None, help="synthetic format: number of dialogues (default 48)")
-    build.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
-    build.add_argument("--quiet", action="store_true", help="no progress bar")
+                       help="the source format; inferred from SOURCE when omitted")
+    build.add_argument("--per-axis", type=int, default=2000, help="at most this many segments per axis")
+    build.add_argument("--seed", type=int, default=0, help="seed of the per-axis selection of segments")
+    build.add_argument("--codec", default=None,
+                       help="also store Mimi codes of every track: 'tiny' (the random test codec) or the path of a "
+                            "Mimi .safetensors file; none: waveform envs only")
+    build.add_argument("--dialogues", type=int, default=None,
+                       help="synthetic format only: how many dialogues to render (none: 48)")
+    _json_quiet(build)
     build.set_defaults(func=_corpus_build)
 
-    stats = corpus.add_parser("stats", help="segments per axis, durations, event statistics")
-    stats.add_argument("dir", help="a built corpus folder")
-    stats.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    stats = _sub(corpus, "stats", "segments per axis, durations, event statistics of a built corpus")
+    stats.add_argument("dir", help="a corpus folder made by `duplexgym corpus build`")
+    _json_quiet(stats, quiet=False)
     stats.set_defaults(func=_corpus_stats)
 
-    roll = sub.add_parser("rollout", help="run an agent in an env and save the episode records")
-    roll.add_argument("--env", required=True, help="e.g. duplexgym/TurnTaking-v0")
-    roll.add_argument("--corpus", required=True)
+    roll = _sub(sub, "rollout", "run an agent in an env and save every episode record",
+                "Run --episodes episodes of --agent in --env; records go to OUT/episodes/, the summary to "
+                "OUT/rollout.json.")
+    roll.add_argument("--env", required=True, help="an env id: duplexgym/PauseHandling-v0, TurnTaking-v0, "
+                                                   "Backchannel-v0, Interruption-v0 or Interactivity-v0")
+    roll.add_argument("--corpus", required=True, help="a corpus folder made by `duplexgym corpus build`")
     roll.add_argument("--agent", required=True, help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR")
-    roll.add_argument("--episodes", type=int, required=True)
-    roll.add_argument("--seed", type=int, default=0)
-    roll.add_argument("--out", required=True)
-    roll.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None)
-    roll.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None)
-    roll.add_argument("--rewards", default=None, help="reward spec YAML")
-    roll.add_argument("--json", action="store_true")
-    roll.add_argument("--quiet", action="store_true")
+    roll.add_argument("--episodes", type=int, required=True, help="how many episodes to run (>= 1)")
+    roll.add_argument("--seed", type=int, default=0, help="seed of the first reset; later episodes continue its stream")
+    roll.add_argument("--out", required=True, help="the run folder to write (new or empty)")
+    roll.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None,
+                      help="what the agent hears: the user's Mimi codes or samples (" + MODES_HELP + ")")
+    roll.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None,
+                      help="what the agent answers with: Moshi tokens or samples (" + MODES_HELP + ")")
+    roll.add_argument("--rewards", default=None,
+                      help="a reward spec YAML; none: every axis term, read from the text stream in tokens mode "
+                           "and with silero VAD in waveform mode")
+    _json_quiet(roll)
     roll.set_defaults(func=_rollout)
 
-    ev = sub.add_parser("eval", help="an agent over every segment, as a Full-Duplex-Bench v1 table")
-    ev.add_argument("--corpus", required=True)
-    ev.add_argument("--agent", required=True, help="silent | talk | oracle | vad")
+    ev = _sub(sub, "eval", "an agent over a corpus' segments, as a Full-Duplex-Bench v1 table",
+              "Play every segment (or --per-axis of each axis) once with --agent and print the Full-Duplex-Bench "
+              "v1 metrics beside our rewards and the published reference rows.")
+    ev.add_argument("--corpus", required=True, help="a corpus folder made by `duplexgym corpus build`")
+    ev.add_argument("--agent", required=True, help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR")
     ev.add_argument("--per-axis", dest="per_axis", type=int, default=None,
-                    help="at most N segments per axis, drawn with --seed (default: all)")
-    ev.add_argument("--seed", type=int, default=0)
+                    help="at most N segments per axis, drawn with --seed; none: every segment")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the --per-axis draw and of every episode")
     ev.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None,
-                    help="default waveform")
+                    help="what the agent hears (" + MODES_HELP + ")")
     ev.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None,
-                    help="default waveform")
-    ev.add_argument("--rewards", default=None, help="reward spec YAML")
-    ev.add_argument("--export", default=None, help="also write the episodes in Full-Duplex-Bench v1 layout here")
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+                    help="what the agent answers with (" + MODES_HELP + ")")
+    ev.add_argument("--rewards", default=None, help="a reward spec YAML; none: the env's default spec")
+    ev.add_argument("--export", default=None,
+                    help="also write the episodes in Full-Duplex-Bench v1 layout to this (new or empty) folder")
+    _json_quiet(ev)
     ev.set_defaults(func=_eval)
 
-    res = sub.add_parser("rescore", help="recompute rewards of saved episodes under a reward spec")
-    res.add_argument("episodes", help="a folder of episode records (or one record)")
-    res.add_argument("--rewards", required=True, help="reward spec YAML")
-    res.add_argument("--json", action="store_true")
+    res = _sub(sub, "rescore", "recompute the rewards of saved episodes under a reward spec (no env, no agent)")
+    res.add_argument("episodes", help="a folder of episode records (searched recursively) or one record")
+    res.add_argument("--rewards", required=True, help="the reward spec YAML to score them under")
+    _json_quiet(res, quiet=False)
     res.set_defaults(func=_rescore)
 
-    rep = sub.add_parser("replay", help="replay an episode record and check it bit for bit")
-    rep.add_argument("episode", help="an episode record (.json/.npz)")
-    rep.add_argument("--check", action="store_true", help="compare observations and rewards (the default)")
-    rep.add_argument("--json", action="store_true")
+    rep = _sub(sub, "replay", "replay an episode record in its env and check it bit for bit",
+               "Rebuild the env from the record, feed the recorded actions back and compare observations, every "
+               "step's reward, the final reward terms and every stored array. Exit status 1 on a mismatch.")
+    rep.add_argument("episode", help="an episode record (NAME.json, NAME.npz or NAME)")
+    rep.add_argument("--check", action="store_true", help="compare with the record (what replay always does)")
+    _json_quiet(rep, quiet=False)
     rep.set_defaults(func=_replay)
 
-    tr = sub.add_parser("train", help="GRPO or PPO on Ray RLlib from a YAML config (agents/train_config.py)")
-    tr.add_argument("--config", required=True, help="training config YAML (see configs/grpo_tiny.yaml)")
-    tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
+    tr = _sub(sub, "train", "GRPO or PPO on Ray RLlib from a YAML config",
+              "Train a Moshi policy as CONFIG says (every field: duplexgym.agents.training.config). Writes "
+              "OUT/metrics.jsonl, reward_curve.png, TensorBoard logs, checkpoints/ and policy/.")
+    tr.add_argument("--config", required=True, help="the training config YAML (see configs/grpo_tiny.yaml)")
     tr.add_argument("--resume", default=None, metavar="CHECKPOINT",
                     help="continue from OUT/checkpoints/iter_XXXX up to the config's iterations (a total)")
+    tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
     tr.set_defaults(func=_train)
     return parser
+
+
+def _version() -> str:
+    from duplexgym import __version__
+
+    return __version__
 
 
 def gym_errors():
@@ -219,6 +274,7 @@ def gym_errors():
 
 
 def main(argv: list[str] | None = None) -> int:
+    configure_runtime()  # before torch, moshi or Ray are imported (duplexgym.runtime)
     from duplexgym.corpora.errors import CorpusError
 
     args = build_parser().parse_args(argv)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from duplexgym.corpora.build import load_corpus_info
 from duplexgym.corpora.errors import SourceError
 from duplexgym.corpora.manifest import Segment, read_manifest
@@ -91,6 +90,14 @@ class ReplayCorpus:
         if codes.shape != (2, 8, segment.n_frames):
             raise SourceError(f"{path}: expected codes of shape (2, 8, {segment.n_frames}), got {codes.shape}")
         return codes
+
+
+def default_modes(corpus: "ReplayCorpus | str | Path") -> tuple[str, str]:
+    """``(obs_mode, action_mode)`` for a corpus: ``("codes", "tokens")`` when it holds Mimi codes
+    (built with ``--codec``), else ``("waveform", "waveform")``. What ``rollout`` and ``eval`` use
+    when no mode is given."""
+    corpus = corpus if isinstance(corpus, ReplayCorpus) else ReplayCorpus(corpus)
+    return ("codes", "tokens") if corpus.has_codes else ("waveform", "waveform")
 
 
 class SegmentSampler:

@@ -8,10 +8,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
-
-from duplexgym import AXES
-from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES
 from duplexgym.corpora.manifest import Segment
 from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 from duplexgym.rewards.activity import text_stream
@@ -19,13 +15,19 @@ from duplexgym.rewards.dense import frame_is_speech, penalties
 from duplexgym.rewards.record import EpisodeRecord
 from duplexgym.rewards.scoring import score_episode
 from duplexgym.rewards.spec import RewardSpec, load_spec
+from gymnasium import spaces
 
-#: Moshi's text vocabulary size (``text_card``) and audio codebook size.
-TEXT_CARD = 32_000
-AUDIO_CARD = 2_048
-N_CODEBOOKS = 8
-#: Text padding token of Moshi, used for silent forced frames.
-TEXT_PAD = 3
+from duplexgym.constants import (
+    AXES,
+    FRAME_S,
+    FRAME_SAMPLES,
+    MIMI_CARDINALITY,
+    MIMI_CODEBOOKS,
+    N_STREAMS,
+    TEXT_CARD,
+    TEXT_PAD,
+)
+
 #: Text token put on forced frames where the human reference speaks (one per word length, see
 #: ``rewards.activity.text_stream``), so the text stream marks the forced speech (the reference
 #: transcript is not tokenized here).
@@ -95,22 +97,62 @@ class DuplexReplayEnv(gym.Env):
     Terminates after the segment's last frame (``info["n_frames"]`` steps). Never truncates.
     Stepping again raises :class:`ResetNeeded`.
 
+    ## Info
+    ``reset`` returns these keys (every episode):
+
+    ==================  ===============  ===============================================================
+    key                 type             meaning
+    ==================  ===============  ===============================================================
+    ``segment``         str              the segment id (a manifest line of the corpus)
+    ``axis``            str              ``pause``, ``turn``, ``backchannel`` or ``interruption``
+    ``n_frames``        int              the episode's length in 80 ms frames (= steps)
+    ``event_frame``     int              the frame of the axis' anchor (pause start, turn end, first
+                                         backchannel onset, barge-in onset)
+    ``forced_frames``   int              ``k``: frames the env plays for the agent (0 outside interruption)
+    ``forced_prefix``   ForcedPrefix     ``.frames`` (k), ``.action`` (``[k, 9]`` int64 tokens or
+                                         ``[k, 1920]`` float32 waveform), ``.audio`` (``[k * 1920]``
+                                         float32, the human reference's audio)
+    ``forced``          bool             frame 0 is forced (``forced_frames > 0``)
+    ==================  ===============  ===============================================================
+
+    ``step`` returns these keys:
+
+    ==================  ===============  ===============================================================
+    key                 type             when present, and meaning
+    ==================  ===============  ===============================================================
+    ``frame``           int              every step: the frame the action was for (0-based)
+    ``forced``          bool             every step: the env played the forced prefix, not the action
+    ``reward_terms``    dict             last step: ``reward``, ``axis``, ``terms`` (each term's
+                                         ``value``, ``weight``, ``metrics``; ``fdb_*`` are the
+                                         Full-Duplex-Bench v1 metrics), ``failed`` (term -> error),
+                                         ``dense`` (the episode's shaping total), ``agent_speech_s``
+    ``record``          str              last step, with ``record_dir``: the saved record's ``.json``
+    ==================  ===============  ===============================================================
+
     ## Arguments
-    - ``corpus``: a corpus folder (``duplexgym corpus build ... --out DIR``).
-    - ``axes``: the axes to sample (each registered id fixes one; ``Interactivity-v0`` all four).
-    - ``axis_weights``: ``{axis: weight}`` mixing the axes (default: uniform over ``axes``).
-    - ``obs_mode``, ``action_mode``: see above. ``codes`` and ``tokens`` need a corpus built with
-      ``--codec``.
-    - ``rewards``: a reward spec (YAML path, dict or ``RewardSpec``); default: every axis term with
-      weight 1, read from Moshi's text stream in tokens mode and with silero VAD in waveform mode.
-    - ``codec``: the Mimi used to decode token actions when a reward reads audio (default: the
-      corpus' codec).
-    - ``text_card``: Moshi's text vocabulary size.
-    - ``segments``: restrict to these segment ids.
-    - ``text_tokenizer``: the agent's SentencePiece model; tokens-mode records then carry the agent's
-      decoded text and timed words (the quality reward judges them).
-    - ``record_dir``: save each finished episode's record there (``{n:06d}-{segment}.npz/.json``;
-      the last step's ``info["record"]`` names it).
+    ===================  =======================  ==========================  =========================================
+    argument             type                     default                     meaning
+    ===================  =======================  ==========================  =========================================
+    ``corpus``           str | Path | ReplayCorpus  (required)                a corpus folder (``duplexgym corpus build``)
+    ``axes``             tuple[str, ...] | str    all four                    the axes to sample (each registered id
+                                                                              fixes one; ``Interactivity-v0`` all four)
+    ``axis_weights``     dict[str, float] | None  None (uniform)              ``{axis: weight >= 0}`` mixing the axes
+    ``obs_mode``         str                      ``"codes"``                 ``codes`` or ``waveform``; ``codes`` needs a
+                                                                              corpus built with ``--codec``
+    ``action_mode``      str                      ``"tokens"``                ``tokens`` or ``waveform``; ``tokens`` needs
+                                                                              codes too
+    ``rewards``          path | dict | RewardSpec  None                       a reward spec; None: every axis term, weight
+                                                                              1, read from the text stream in tokens mode
+                                                                              and with silero VAD in waveform mode
+    ``codec``            str | None               None (the corpus' codec)    the Mimi decoding token actions when a
+                                                                              reward reads audio
+    ``text_card``        int                      32000                       Moshi's text vocabulary size
+    ``segments``         list[str] | None         None (all)                  restrict to these segment ids
+    ``record_dir``       str | Path | None        None                        save each finished episode's record there
+                                                                              (``{n:06d}-{segment}.npz/.json``)
+    ``text_tokenizer``   str | Path | None        None                        the agent's SentencePiece model; tokens-mode
+                                                                              records then carry its decoded text and words
+    ===================  =======================  ==========================  =========================================
 
     ## Example
     >>> import gymnasium as gym, duplexgym
@@ -164,12 +206,12 @@ class DuplexReplayEnv(gym.Env):
         self._by_axis = self._sampler.by_axis
 
         if obs_mode == "codes":
-            self.observation_space = spaces.MultiDiscrete([AUDIO_CARD] * N_CODEBOOKS, dtype=np.int64)
+            self.observation_space = spaces.MultiDiscrete([MIMI_CARDINALITY] * MIMI_CODEBOOKS, dtype=np.int64)
         else:
             self.observation_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
         if action_mode == "tokens":
-            self.action_space = spaces.MultiDiscrete([self.text_card] + [AUDIO_CARD] * N_CODEBOOKS, dtype=np.int64)
-            self._high = np.array([self.text_card - 1] + [AUDIO_CARD - 1] * N_CODEBOOKS, dtype=np.int64)
+            self.action_space = spaces.MultiDiscrete([self.text_card] + [MIMI_CARDINALITY] * MIMI_CODEBOOKS, dtype=np.int64)
+            self._high = np.array([self.text_card - 1] + [MIMI_CARDINALITY - 1] * MIMI_CODEBOOKS, dtype=np.int64)
         else:
             self.action_space = spaces.Box(-1.0, 1.0, (FRAME_SAMPLES,), np.float32)
         self._tokens = action_mode == "tokens"
@@ -202,7 +244,7 @@ class DuplexReplayEnv(gym.Env):
         self._segment, self._n, self._t = seg, n, 0
         if self.obs_mode == "codes":
             user = self.corpus.codes(seg)[0].T.astype(np.int64)  # [F, 8]
-            self._obs = np.concatenate([user, np.zeros((1, N_CODEBOOKS), np.int64)])
+            self._obs = np.concatenate([user, np.zeros((1, MIMI_CODEBOOKS), np.int64)])
         else:
             user = self.corpus.audio(seg)[0].reshape(n, FRAME_SAMPLES)
             self._obs = np.concatenate([user, np.zeros((1, FRAME_SAMPLES), np.float32)])
@@ -211,7 +253,7 @@ class DuplexReplayEnv(gym.Env):
         self._k = self._forced_frames(seg)
         self._forced = self._forced_actions(seg, self._k)
         if self._tokens:
-            self._act = np.zeros((n, 1 + N_CODEBOOKS), dtype=np.int64)
+            self._act = np.zeros((n, N_STREAMS), dtype=np.int64)
         else:
             self._wave = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
         self._pen_speak, self._pen_silent = penalties(seg, self.reward_spec, self._k)
@@ -227,11 +269,11 @@ class DuplexReplayEnv(gym.Env):
 
     def _forced_actions(self, seg: Segment, k: int) -> np.ndarray:
         if k == 0:
-            shape = (0, 1 + N_CODEBOOKS) if self._tokens else (0, FRAME_SAMPLES)
+            shape = (0, N_STREAMS) if self._tokens else (0, FRAME_SAMPLES)
             return np.zeros(shape, dtype=np.int64 if self._tokens else np.float32)
         if self.action_mode == "waveform":
             return self.corpus.audio(seg)[1, : k * FRAME_SAMPLES].reshape(k, FRAME_SAMPLES)
-        forced = np.empty((k, 1 + N_CODEBOOKS), dtype=np.int64)
+        forced = np.empty((k, N_STREAMS), dtype=np.int64)
         forced[:, 1:] = self.corpus.codes(seg)[1, :, :k].T
         spans = [(a - seg.start_s, b - seg.start_s) for a, b in seg.reference_spans_s or ()]
         forced[:, 0] = text_stream(spans, seg.n_frames, FORCED_SPEECH_TOKEN, self.reward_spec.activity)[:k]
@@ -262,7 +304,7 @@ class DuplexReplayEnv(gym.Env):
             a = action if (type(action) is np.ndarray and action.shape == (9,) and action.dtype.kind in "iu") \
                 else self._coerce_tokens(action)
             v = a.tolist()  # plain ints: exact range checks at a fraction of numpy's cost
-            if not 0 <= v[0] < self.text_card or min(v) < 0 or max(v[1:]) >= AUDIO_CARD:
+            if not 0 <= v[0] < self.text_card or min(v) < 0 or max(v[1:]) >= MIMI_CARDINALITY:
                 self._bad_tokens(a)
             if forced:
                 a = self._forced[t]
@@ -290,7 +332,7 @@ class DuplexReplayEnv(gym.Env):
 
     def _coerce_tokens(self, action) -> np.ndarray:
         a = np.asarray(action)
-        if a.shape != (1 + N_CODEBOOKS,):
+        if a.shape != (N_STREAMS,):
             raise ValueError(f"tokens action must have shape (9,) (text token + 8 codebooks), got {a.shape}")
         if a.dtype.kind == "f":
             if not np.all(np.isfinite(a)):
@@ -304,8 +346,8 @@ class DuplexReplayEnv(gym.Env):
     def _bad_tokens(self, a: np.ndarray):
         if a[0] < 0 or a[0] >= self.text_card:
             raise ValueError(f"text token {int(a[0])} is out of range [0, {self.text_card})")
-        bad = int(np.flatnonzero((a[1:] < 0) | (a[1:] >= AUDIO_CARD))[0])
-        raise ValueError(f"audio token {int(a[1 + bad])} of codebook {bad} is out of range [0, {AUDIO_CARD})")
+        bad = int(np.flatnonzero((a[1:] < 0) | (a[1:] >= MIMI_CARDINALITY))[0])
+        raise ValueError(f"audio token {int(a[1 + bad])} of codebook {bad} is out of range [0, {MIMI_CARDINALITY})")
 
     def _coerce_wave(self, action) -> np.ndarray:
         a = action if type(action) is np.ndarray else np.asarray(action)

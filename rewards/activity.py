@@ -19,14 +19,12 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from duplexgym.corpora.dialogue import FRAME_S, SAMPLE_RATE
 from duplexgym.corpora.vad import VadParams
 from duplexgym.rewards.fdb import AgentSpeech
 from duplexgym.rewards.record import EpisodeRecord
 
-#: Moshi's padding text tokens: 0 = end of padding, 3 = padding.
-TEXT_PAD_IDS = (0, 3)
+from duplexgym.constants import FRAME_S, SAMPLE_RATE, TEXT_PAD_IDS
+
 READERS = ("vad", "text")
 
 

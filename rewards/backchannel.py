@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, backchannel_metrics, backchannel_segments
 from duplexgym.rewards.terms import RewardTerm, frame_mask, rel
 from duplexgym.rewards.terms import check_params as _check
+
+from duplexgym.constants import FRAME_S
 
 
 @dataclass(frozen=True)

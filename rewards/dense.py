@@ -11,12 +11,11 @@ is at least :data:`SPEAKING_RMS`.
 from __future__ import annotations
 
 import numpy as np
-
-from duplexgym.corpora.dialogue import FRAME_SAMPLES
 from duplexgym.corpora.manifest import Segment
-from duplexgym.rewards.activity import TEXT_PAD_IDS
 from duplexgym.rewards.record import EpisodeRecord
 from duplexgym.rewards.spec import TERMS, RewardSpec
+
+from duplexgym.constants import FRAME_SAMPLES, TEXT_PAD_IDS
 
 #: RMS (full scale 1.0) from which a waveform frame counts as speech for shaping (-40 dBFS).
 SPEAKING_RMS = 0.01

@@ -1,4 +1,4 @@
-"""Full-Duplex-Bench v1 metrics as small pure functions (numpy and the standard library only).
+"""Full-Duplex-Bench v1 metrics as small pure functions (numpy, scipy and the standard library only).
 
 Every episode reports these unchanged, so our numbers compare with published ones. The
 definitions were read from the official scorers (``DanielLin94144/Full-Duplex-Bench``, commit
@@ -95,6 +95,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from duplexgym.constants import AXES
+
 # --- the takeover rule (pause, turn, interruption) -------------------------------------------
 #: A response shorter than this (first word start to last word end, s) may be no takeover...
 TAKEOVER_MIN_DURATION_S = 1.0
@@ -148,7 +150,7 @@ class FdbVadParams:
 FDB_VAD = FdbVadParams()
 
 #: Axis names, as everywhere in duplexgym.
-TASKS = ("pause", "turn", "backchannel", "interruption")
+TASKS = AXES
 
 #: Segment classes returned by :func:`backchannel_segments`.
 SEGMENT_KINDS = ("backchannel", "takeover", "other")
@@ -368,24 +370,16 @@ def resample_histogram(hist: Sequence[float], n_bins: int) -> np.ndarray:
 
 
 def jensen_shannon_distance(p: Sequence[float], q: Sequence[float]) -> float:
-    """Jensen-Shannon distance with the natural log, in [0, sqrt(ln 2)].
+    """Jensen-Shannon distance with the natural log, in [0, sqrt(ln 2)]: exactly what the official
+    script computes, ``scipy.spatial.distance.jensenshannon(p, q)`` (both normalised to sum 1)."""
+    from scipy.spatial.distance import jensenshannon
 
-    Same as ``scipy.spatial.distance.jensenshannon(p, q)`` (default base): both are normalised
-    to sum 1 first.
-    """
     p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
     if p.shape != q.shape or p.ndim != 1:
         raise ValueError(f"jensen_shannon_distance: need two 1-D histograms of one length, got {p.shape} and {q.shape}")
     if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
         raise ValueError("jensen_shannon_distance: histograms must be non-negative with a positive sum")
-    p, q = p / p.sum(), q / q.sum()
-    m = (p + q) / 2.0
-
-    def kl_to_m(x: np.ndarray) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
-
-    return math.sqrt(max(0.0, (kl_to_m(p) + kl_to_m(q)) / 2.0))
+    return float(jensenshannon(p, q))
 
 
 def jsd_to_histogram(model_s: Sequence, human_hist: Sequence[float], *, duration_s: float,

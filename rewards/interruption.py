@@ -18,11 +18,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, interruption_metrics
-from duplexgym.rewards.terms import RewardTerm, clip, first_takeover_onset, frame_mask, linear, rel, seconds
+from duplexgym.rewards.terms import (
+    RewardTerm,
+    clip,
+    first_takeover_onset,
+    frame_mask,
+    linear,
+    rel,
+    seconds,
+)
 from duplexgym.rewards.terms import check_params as _check
+
+from duplexgym.constants import FRAME_S
 
 
 @dataclass(frozen=True)

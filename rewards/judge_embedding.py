@@ -66,8 +66,6 @@ class Encoder:
     """A loaded sentence encoder: ``encode(texts) -> float32 [N, D]`` unit vectors (thread-safe)."""
 
     def __init__(self, folder: Path):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
             import torch
             from transformers import AutoModel, AutoTokenizer

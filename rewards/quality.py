@@ -59,12 +59,12 @@ import math
 import threading
 from dataclasses import dataclass
 
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.terms import RewardTerm
 
+from duplexgym.constants import AXES, FRAME_S
+
 BACKENDS = ("embedding", "openai")
-AXES = ("pause", "turn", "backchannel", "interruption")
 
 
 class JudgeError(RuntimeError):

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from duplexgym.corpora.manifest import Segment
 
 RECORD_VERSION = 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
 from duplexgym.rewards.activity import agent_speech
 from duplexgym.rewards.record import EpisodeRecord
 from duplexgym.rewards.spec import TERMS, RewardSpec

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, takeover
+
+from duplexgym.constants import FRAME_S
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,10 @@ import functools
 
 import numpy as np
 
-from duplexgym.corpora.dialogue import FRAME_S
-from duplexgym.rewards.activity import TEXT_PAD_IDS
+from duplexgym.constants import FRAME_S, TEXT_BOS, TEXT_EOS, TEXT_PAD_IDS
 
 #: Ids that are never text: padding (0, 3) and SentencePiece's unk/BOS/EOS (0, 1, 2).
-NON_TEXT_IDS = frozenset(TEXT_PAD_IDS) | {1, 2}
+NON_TEXT_IDS = frozenset(TEXT_PAD_IDS) | {TEXT_BOS, TEXT_EOS}
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,11 +15,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, turn_metrics
-from duplexgym.rewards.terms import RewardTerm, first_takeover_onset, frame_mask, linear, rel, takes_floor
+from duplexgym.rewards.terms import (
+    RewardTerm,
+    first_takeover_onset,
+    frame_mask,
+    linear,
+    rel,
+    takes_floor,
+)
 from duplexgym.rewards.terms import check_params as _check
+
+from duplexgym.constants import FRAME_S
 
 
 @dataclass(frozen=True)

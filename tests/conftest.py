@@ -6,9 +6,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("NO_TORCH_COMPILE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+from duplexgym.runtime import configure_runtime
+
+configure_runtime()  # before torch and moshi are imported, as the CLI does
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from duplexgym.corpora.audio import read_tracks
 from duplexgym.corpora.errors import InputFileError, SourceError
 from duplexgym.corpora.sources.pairs import pairs_sources

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from duplexgym import AXES
 from duplexgym.corpora.build import BuildOptions, build_corpus
 from duplexgym.corpora.manifest import read_manifest
+
+from duplexgym.constants import AXES
 from tests.conftest import REPO, scripted_dialogue
 
 

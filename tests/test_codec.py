@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from duplexgym.corpora import codec
 from duplexgym.corpora.errors import SourceError
+from safetensors.torch import save_file
+
 from tests.conftest import REPO, flite_speech
 
 FRAME = 1920

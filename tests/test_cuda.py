@@ -8,10 +8,9 @@ passed. The same checks as a script there: CPU vs CUDA log-prob gap 7.2e-6 (turn
 import numpy as np
 import pytest
 import torch
-
-from duplexgym.agents.checkpoint import build_tiny_lm
-from duplexgym.agents.logprobs import episode_model_frames, token_logprobs
-from duplexgym.agents.moshi_agent import MoshiAgent
+from duplexgym.agents.policies.checkpoint import build_tiny_lm
+from duplexgym.agents.policies.moshi_agent import MoshiAgent
+from duplexgym.agents.training.logprobs import episode_model_frames, token_logprobs
 from duplexgym.envs.corpus import ReplayCorpus
 from duplexgym.envs.replay import DuplexReplayEnv
 

@@ -9,7 +9,6 @@ import json
 
 import pytest
 
-
 TOLERANCE_S = 0.3
 MIN_SCORE = 0.9
 

@@ -4,10 +4,9 @@ interruption prefix, and clear errors for bad actions and bad use."""
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env
-
 from duplexgym.envs import ENV_IDS
 from duplexgym.envs.replay import DuplexReplayEnv, ResetNeeded
+from gymnasium.utils.env_checker import check_env
 
 MODES = [("codes", "tokens"), ("waveform", "waveform"), ("codes", "waveform"), ("waveform", "tokens")]
 
@@ -238,9 +237,12 @@ def test_record_dir_saves_each_finished_episode(small_corpus, tmp_path):
 
 
 def test_baselines_batched_over_a_vector_env(small_corpus):
-    """PerRowBatch gives the baselines the batched protocol; each row replays its own episode."""
-    from duplexgym.agents.base import PerRowBatch
-    from duplexgym.agents.baselines import make_agent
+    """PerRowBatch gives the baselines the batched protocol; each row replays its own episode: row r
+    draws the segments a lone env seeded 11 + r draws, and each finished episode scores exactly what
+    the oracle scores on that segment alone."""
+    from duplexgym.agents.evaluation.rollout import play_episode
+    from duplexgym.agents.policies import make_agent
+    from duplexgym.agents.policies.base import PerRowBatch
 
     def make():
         return gym.make("duplexgym/Interactivity-v0", corpus=str(small_corpus))
@@ -249,15 +251,26 @@ def test_baselines_batched_over_a_vector_env(small_corpus):
     agents = PerRowBatch([make_agent("oracle", envs.envs[i]) for i in range(3)])
     obs, infos = envs.reset(seed=11)
     agents.reset_batch(infos)
-    rewards = []
+    playing = list(infos["segment"])
+    finished: list[list[tuple[str, float]]] = [[], [], []]
     for _ in range(200):
         obs, _, term, _, infos = envs.step(agents.act_batch(obs))
         if term.any():  # same-step autoreset: the finished episodes' infos are merged in final_info
             final = infos["final_info"]["reward_terms"]
-            rewards += [float(r) for r, done in zip(final["reward"], final["_reward"]) if done]
+            for r in np.flatnonzero(term):
+                finished[r].append((playing[r], float(final["reward"][r])))
+                playing[r] = infos["segment"][r]
             agents.reset_batch(infos, mask=term)
     envs.close()
-    assert len(rewards) >= 3
+    assert sum(len(f) for f in finished) >= 3 and all(finished)
+    lone = make()
+    oracle = make_agent("oracle", lone)
+    for r, episodes in enumerate(finished):
+        lone.reset(seed=11 + r)  # the row's own seeded stream of segments
+        drawn = [lone.unwrapped._segment.id] + [lone.reset()[1]["segment"] for _ in range(len(episodes) - 1)]
+        assert [seg for seg, _ in episodes] == drawn, r
+        for seg, reward in episodes:
+            assert play_episode(lone, oracle, options={"segment": seg})["reward"] == reward, (r, seg)
 
 
 def test_segment_sampler_draws_axes_by_weight_then_segments_among_the_ids(small_corpus):

@@ -1,21 +1,25 @@
 """``duplexgym eval``: the JSON contract, the Full-Duplex-Bench table, and the v1-layout export."""
 
 import json
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 import soundfile as sf
-
-from duplexgym import AXES
-from duplexgym.agents.evaluate import PUBLISHED, evaluate, format_table, select_segments, summarize_eval
-from duplexgym.agents.export import FdbExporter, TASK_FOLDERS
+from duplexgym.agents.evaluation.evaluate import (
+    PUBLISHED,
+    evaluate,
+    format_table,
+    select_segments,
+    summarize_eval,
+)
+from duplexgym.agents.evaluation.export import TASK_FOLDERS, FdbExporter
 from duplexgym.corpora.manifest import read_manifest
 from duplexgym.corpora.sources.fdb1 import fdb1_segments, task_axis
 from duplexgym.envs.corpus import ReplayCorpus
+
+from duplexgym.constants import AXES
 from tests.conftest import REPO
 
 PER_AXIS = 3
@@ -36,25 +40,13 @@ def vad_export(default_corpus, tmp_path_factory):
 
 
 def read_png(path):
-    """Check a PNG's structure and CRCs; returns (width, height, pixels [H, W, 3])."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, chunks = 8, []
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])
-        assert crc == zlib.crc32(tag + body) & 0xFFFFFFFF, tag
-        chunks.append((tag, body))
-        pos += 12 + length
-    assert [t for t, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    width, height, depth, color, _, _, _ = struct.unpack(">IIBBBBB", chunks[0][1])
-    assert (depth, color) == (8, 2)
-    raw = zlib.decompress(chunks[1][1])
-    assert len(raw) == height * (1 + 3 * width)
-    rows = np.frombuffer(raw, np.uint8).reshape(height, 1 + 3 * width)
-    assert (rows[:, 0] == 0).all()
-    return width, height, rows[:, 1:].reshape(height, width, 3)
+    """A PNG read back with matplotlib: (width, height, RGB pixels [H, W, 3] in 0..255)."""
+    from matplotlib.image import imread
+
+    pixels = imread(str(path))
+    assert pixels.ndim == 3 and pixels.shape[2] in (3, 4), pixels.shape
+    rgb = (pixels[..., :3] * 255).round().astype(np.uint8)
+    return rgb.shape[1], rgb.shape[0], rgb
 
 
 def test_eval_json_contract(vad_export):
@@ -122,7 +114,7 @@ def test_export_is_complete_and_time_aligned(vad_export):
         listen = sf.info(str(folder / "listen.wav"))
         assert (listen.samplerate, listen.channels, listen.frames) == (24_000, 2, seg.n_frames * 1920)
         width, height, pixels = read_png(folder / "timeline.png")
-        assert width >= seg.n_frames * 8 and len(np.unique(pixels.reshape(-1, 3), axis=0)) >= 4
+        assert width >= 700 and height >= 200 and len(np.unique(pixels.reshape(-1, 3), axis=0)) >= 4
         # the user track went in, time-aligned, and the stereo file holds both tracks
         user = ReplayCorpus(corpus).audio(seg)[0]
         stereo, _ = sf.read(str(folder / "listen.wav"), dtype="float32")

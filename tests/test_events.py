@@ -1,7 +1,6 @@
 """Event detection rules on hand-built span timelines, including their edges."""
 
 import pytest
-
 from duplexgym.corpora.dialogue import Word
 from duplexgym.corpora.events import (
     Backchannel,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
 from duplexgym.corpora.errors import InputFileError, SourceError
 from duplexgym.corpora.sources import fdb1
 from duplexgym.corpora.sources.fdb1 import ReadySegment, fdb1_segments
+
 from tests.conftest import flite_speech
 
 WORD_GAP_S = 0.06
@@ -386,7 +386,6 @@ def test_task_folders_without_samples(tmp_path):
 def test_build_corpus_from_fdb1(bench, tmp_path):
     """Through the builder: segments with the user track, a silent reference, texts kept."""
     import soundfile as sf
-
     from duplexgym.corpora.build import BuildOptions, build_corpus, infer_format
     from duplexgym.corpora.manifest import read_manifest
 

@@ -5,7 +5,7 @@ The subset: the 8 shortest pause segments of ``small_corpus`` (its 8 dialogues a
 the default corpus, and its segments are the default corpus' segments of those dialogues). Reward:
 the env's default terms with the text reader plus dense shaping (weight 1). Two training seeds,
 each scored before and after on the same segments with the same sampling seeds
-(:func:`duplexgym.agents.group_eval.score_policy`, 4 rollouts per segment, two evaluation seeds).
+(:func:`duplexgym.agents.evaluation.group_scoring.score_policy`, 4 rollouts per segment, two evaluation seeds).
 Measured on the development machine (pause score / return, mean over both evaluation seeds):
 untrained -0.969 / -1.61, after 10 iterations 0.938 / 0.89 for either training seed.
 """
@@ -14,10 +14,9 @@ import json
 
 import numpy as np
 import pytest
-
-from duplexgym.agents.group_eval import mean_of, score_policy
-from duplexgym.agents.train import run_training
-from duplexgym.agents.train_config import load_train_config
+from duplexgym.agents.evaluation.group_scoring import mean_of, score_policy
+from duplexgym.agents.training.config import load_train_config
+from duplexgym.agents.training.run import run_training
 from duplexgym.envs.corpus import ReplayCorpus
 
 REWARDS = {"activity": {"reader": "text"}, "dense": {"weight": 1.0}}

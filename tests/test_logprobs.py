@@ -9,10 +9,13 @@ the module under test (full-vocabulary masking at the k-th largest logit).
 import numpy as np
 import pytest
 import torch
-
-from duplexgym.agents.logprobs import (build_teacher_codes, episode_model_frames, logprob_mask,
-                                       token_logprobs)
-from duplexgym.agents.moshi_agent import MoshiAgent
+from duplexgym.agents.policies.moshi_agent import MoshiAgent
+from duplexgym.agents.training.logprobs import (
+    build_teacher_codes,
+    episode_model_frames,
+    logprob_mask,
+    token_logprobs,
+)
 from duplexgym.envs.corpus import ReplayCorpus
 
 N_FRAMES = 41  # env frames: model frames 0..39 are returned (T = 40)
@@ -155,7 +158,7 @@ def test_logprobs_are_differentiable(episode):
 def test_untruncated_logprob_is_the_temperature_softmax_over_the_whole_vocabulary():
     """top_k <= 0 or >= V (what the trainers use): log_softmax(logits / temp) at the token, with
     the same values as keeping all V logits through the top-k path."""
-    from duplexgym.agents.logprobs import sampled_logprob
+    from duplexgym.agents.training.logprobs import sampled_logprob
 
     g = torch.Generator().manual_seed(0)
     logits, tokens = torch.randn(3, 5, 100, generator=g), torch.randint(0, 100, (3, 5), generator=g)

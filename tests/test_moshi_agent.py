@@ -10,13 +10,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from duplexgym.agents import checkpoint
-from duplexgym.agents.baselines import make_agent
-from duplexgym.agents.checkpoint import CheckpointError, load_models, save_checkpoint
-from duplexgym.agents.moshi_agent import MoshiAgent
+from duplexgym.agents.policies import checkpoint
+from duplexgym.agents.policies import make_agent
+from duplexgym.agents.policies.checkpoint import (
+    CheckpointError,
+    load_models,
+    save_checkpoint,
+)
+from duplexgym.agents.policies.moshi_agent import MoshiAgent
 from duplexgym.corpora.codec import codec_id, encode, load_mimi
 from duplexgym.envs.replay import ForcedPrefix
+
 from tests.conftest import REPO
 
 
@@ -54,7 +58,7 @@ def weights_digest(state: dict) -> str:
 
 def test_tiny_weights_are_the_same_in_every_process():
     here = weights_digest(checkpoint.build_tiny_lm().state_dict())
-    code = ("import duplexgym; from duplexgym.agents.checkpoint import build_tiny_lm; "
+    code = ("import duplexgym; from duplexgym.agents.policies.checkpoint import build_tiny_lm; "
             "from tests.test_moshi_agent import weights_digest; print(weights_digest(build_tiny_lm().state_dict()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert proc.stdout.strip() == here
@@ -260,7 +264,20 @@ def test_episodes_in_the_real_env(small_corpus):
         n += 1
     assert "reward_terms" in info and "turn" in info["reward_terms"]["terms"]
     record = env.unwrapped.episode_record()
-    assert record.n_frames == n and isinstance(agent.decode_text(record.text_tokens), str)
+    assert record.n_frames == n
+    # the agent's text is its non-padding tokens through its own SentencePiece model; the env's
+    # record decodes the same stream with the tokenizer the agent gave it
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=agent.text_tokenizer_path)
+    spoken = [int(t) for t in record.text_tokens if int(t) not in (0, 3)]
+    assert spoken and agent.decode_text(record.text_tokens) == sp.decode(spoken)
+    assert " ".join(record.agent_text.split()) == " ".join(sp.decode(spoken).split())
+    hello = sp.encode("hello world, how are you")
+    stream = np.full(3 * len(hello) + 2, 3)
+    stream[1::3][: len(hello)] = hello
+    stream[0] = 0
+    assert agent.decode_text(stream) == "hello world, how are you"
     agent.close()
 
     env = gym.make("duplexgym/Interruption-v0", corpus=str(small_corpus), obs_mode="waveform")
@@ -323,7 +340,7 @@ def test_rollout_cli_with_the_tiny_moshi_records_its_text(small_corpus, tmp_path
     import subprocess
     import sys
 
-    from duplexgym.agents.replay import replay_check
+    from duplexgym.agents.evaluation.replay import replay_check
     from duplexgym.rewards.record import EpisodeRecord
 
     proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "rollout", "--env", "duplexgym/TurnTaking-v0",

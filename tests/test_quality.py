@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards import judge_openai, quality
 from duplexgym.rewards.quality import JudgeError, QualityParams
 from duplexgym.rewards.record import EpisodeRecord
+
 from tests.chat_server import INJECTION, ChatServer, naive_judge
 
 SECRET = "sk-test-Zq81dXv0secretKEY"

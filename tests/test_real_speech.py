@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-
 from duplexgym.corpora.audio import read_tracks
 from duplexgym.corpora.build import BuildOptions, build_corpus
 

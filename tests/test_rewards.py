@@ -11,11 +11,15 @@ import dataclasses
 
 import numpy as np
 import pytest
-
-from duplexgym.corpora.dialogue import FRAME_S
 from duplexgym.corpora.manifest import Segment
-from duplexgym.rewards import backchannel, dense, interruption, pause, spec as spec_mod, turn
-from duplexgym.rewards.activity import ActivityParams, frames_speaking, speech_from_text, text_stream
+from duplexgym.rewards import backchannel, dense, interruption, pause, turn
+from duplexgym.rewards import spec as spec_mod
+from duplexgym.rewards.activity import (
+    ActivityParams,
+    frames_speaking,
+    speech_from_text,
+    text_stream,
+)
 from duplexgym.rewards.backchannel import BackchannelParams
 from duplexgym.rewards.fdb import (
     AgentSpeech,
@@ -39,6 +43,8 @@ from duplexgym.rewards.spec import (
 )
 from duplexgym.rewards.terms import RewardTerm, clip
 from duplexgym.rewards.turn import TurnParams
+
+from duplexgym.constants import FRAME_S
 
 START = 10.0
 N = 100
@@ -233,14 +239,22 @@ def test_pause_overlap_at_first_and_last_frame():
     assert pause.score(spans((6.75, END)), PAUSE_NO_END).value == -1.0
 
 
-def test_pause_fdb_metrics_match_fdb():
-    for speech in (SILENT, THROUGHOUT, spans((1.25, 1.5)), spans((0.0, 1.0)), spans((1.25, 1.5), (4.0, 6.0)),
-                   n_words(4, 1.0, 0.5), n_words(2, 1.0, 0.5)):
-        assert pause.score(speech, PAUSE_NO_END).metrics["fdb_tor"] == pause_metrics(speech)["tor"]
-        # With a turn end, the TOR is over the output before the response window opens.
-        assert pause.score(speech, PAUSE).metrics["fdb_tor"] == pause_metrics(clip(speech, 0.0, 3.8))["tor"]
-    # The answer after the turn end is not counted as a pause takeover.
-    assert pause.score(spans((4.0, 6.0)), PAUSE).metrics["fdb_tor"] == 0
+def test_pause_fdb_tor_follows_the_benchmark_rule():
+    """Full-Duplex-Bench pause TOR by hand: 0 without speech; else 1 unless the material (words, or
+    spans without words) lasts < 1.0 s with <= 3 words. With a turn end in the segment, only the
+    output before the response window (turn end - respond_early_s) is the benchmark's input."""
+    cases = [  # (speech, TOR without a turn end, TOR with the turn end at 4.0)
+        (SILENT, 0, 0),
+        (THROUGHOUT, 1, 1),
+        (spans((1.25, 1.5)), 0, 0),
+        (spans((0.0, 1.0)), 1, 1),  # exactly 1.0 s is a takeover
+        (spans((1.25, 1.5), (4.0, 6.0)), 1, 0),  # 1.25 .. 6.0 overall; the answer lies after the window
+        (n_words(4, 1.0, 0.5), 1, 1),  # four words in 0.5 s
+        (n_words(2, 1.0, 0.5), 0, 0),
+    ]
+    for speech, no_end, with_end in cases:
+        assert pause.score(speech, PAUSE_NO_END).metrics["fdb_tor"] == no_end, speech
+        assert pause.score(speech, PAUSE).metrics["fdb_tor"] == with_end, speech
 
 
 def test_pause_respond_needs_the_speech_starting_in_the_window_to_be_the_takeover():
@@ -325,12 +339,22 @@ def test_turn_overlap_at_first_and_last_frame():
     assert turn.score(spans((END - FRAME_S, END)), late).value == -1.0
 
 
-def test_turn_fdb_metrics_match_fdb():
-    for speech in (SILENT, THROUGHOUT, spans((1.0, 1.5)), spans((4.5, 6.0)), spans((1.0, 1.25), (4.5, 6.0)),
-                   spans((3.75, 5.0)), n_words(4, 4.5, 0.5), n_words(3, 4.5, 0.9)):
+def test_turn_fdb_metrics_follow_the_benchmark_rule():
+    """Full-Duplex-Bench smooth turn-taking by hand (turn end 4.0): TOR on the whole output; latency
+    = first start - turn end, negatives recorded as 0, only when TOR = 1."""
+    cases = [
+        (SILENT, 0, None),
+        (THROUGHOUT, 1, 0.0),
+        (spans((1.0, 1.5)), 0, None),
+        (spans((4.5, 6.0)), 1, 0.5),
+        (spans((1.0, 1.25), (4.5, 6.0)), 1, 0.0),  # a backchannel before the end starts the material
+        (spans((3.75, 5.0)), 1, 0.0),
+        (n_words(4, 4.5, 0.5), 1, 0.5),
+        (n_words(3, 4.5, 0.9), 0, None),
+    ]
+    for speech, tor, latency in cases:
         m = turn.score(speech, TURN).metrics
-        want = turn_metrics(speech, 4.0)
-        assert (m["fdb_tor"], m["fdb_latency_s"]) == (want["tor"], want["latency_s"])
+        assert (m["fdb_tor"], m["fdb_latency_s"]) == (tor, latency), speech
 
 
 def test_turn_latency_is_that_of_the_answer_not_of_an_earlier_backchannel():
@@ -418,12 +442,39 @@ def test_backchannel_overlap_at_first_and_last_frame():
     assert term.metrics["fdb_jsd"] == m["jsd"] and term.metrics["fdb_frequency"] == m["frequency"]
 
 
-def test_backchannel_fdb_metrics_match_fdb():
-    for speech in (SILENT, THROUGHOUT, spans((2.0, 2.25)), spans((0.0, 1.25), (5.0, 5.25)),
-                   spans((0.25, 3.5), (5.0, 5.25)), n_words(2, 2.0, 0.5), n_words(4, 2.0, 0.5)):
+def _official_jsd(model_bins: list[range], human_bins: list[range], n_bins: int = 41) -> float:
+    """The benchmark's JSD from bin ranges written by hand: +1 per span over its bins, +1e-10, normalised."""
+    from scipy.spatial.distance import jensenshannon
+
+    def hist(ranges):
+        h = np.zeros(n_bins)
+        for r in ranges:
+            h[list(r)] += 1.0
+        h += 1e-10
+        return h / h.sum()
+
+    return float(jensenshannon(hist(model_bins), hist(human_bins)))
+
+
+def test_backchannel_fdb_metrics_follow_the_benchmark_rule():
+    """Full-Duplex-Bench backchannel by hand (8 s output, human backchannel onsets 2.0 and 5.0:
+    bins 10 and 25 of 41): segment times rounded to 0.1 s; > 3 s stops the scan with TOR 1; the last
+    segment's class is the TOR; every scanned segment counts for frequency and JSD (1 without any)."""
+    human = [range(10, 11), range(25, 26)]
+    cases = [  # (speech, tor, counted segments, their bins)
+        (SILENT, 0, 0, None),
+        (THROUGHOUT, 1, 0, None),  # 8 s > 3 s: the scan stops before counting it
+        (spans((2.0, 2.25)), 0, 1, [range(10, 12)]),  # rounded to 2.0 .. 2.2
+        (spans((0.0, 1.25), (5.0, 5.25)), 0, 2, [range(0, 6), range(25, 27)]),  # 1.2 s then an "mhm": TOR of the last
+        (spans((0.25, 3.5), (5.0, 5.25)), 1, 0, None),  # 0.2 .. 3.5 lasts 3.3 s: stop
+        (n_words(2, 2.0, 0.5), 0, 1, [range(10, 13)]),
+        (n_words(4, 2.0, 0.5), 1, 1, [range(10, 13)]),  # four words: a takeover, still counted
+    ]
+    for speech, tor, counted, bins in cases:
         m = backchannel.score(speech, BACKCHANNEL).metrics
-        want = backchannel_metrics(speech, END, [2.0, 5.0])
-        assert (m["fdb_tor"], m["fdb_frequency"], m["fdb_jsd"]) == (want["tor"], want["frequency"], want["jsd"])
+        assert m["fdb_tor"] == tor and m["fdb_frequency"] == counted / END, speech
+        want = 1.0 if bins is None else _official_jsd(bins, human)
+        assert m["fdb_jsd"] == pytest.approx(want, abs=1e-12), speech
 
 
 def test_backchannel_takeover_by_words_then_mhm_is_minus_one():
@@ -516,12 +567,22 @@ def test_interruption_overlap_at_first_and_last_frame():
     assert term.metrics["fdb_tor"] == 1 and term.metrics["fdb_latency_s"] == 0.0
 
 
-def test_interruption_fdb_metrics_match_fdb():
-    for speech in (SILENT, THROUGHOUT, spans((0.0, 2.5)), spans((0.0, 2.5), (5.0, 6.5)), spans((4.25, 5.5)),
-                   n_words(4, 5.0, 0.5), words((4.0, 4.75), (4.75, 5.0)), spans((0.0, 4.75))):
+def test_interruption_fdb_metrics_follow_the_benchmark_rule():
+    """Full-Duplex-Bench user interruption by hand (interruption end 4.5): only the output after the
+    end counts (a span or word straddling it starts at 4.5); latency from the end, when TOR = 1."""
+    cases = [
+        (SILENT, 0, None),
+        (THROUGHOUT, 1, 0.0),
+        (spans((0.0, 2.5)), 0, None),
+        (spans((0.0, 2.5), (5.0, 6.5)), 1, 0.5),
+        (spans((4.25, 5.5)), 1, 0.0),  # 4.5 .. 5.5: exactly 1.0 s
+        (n_words(4, 5.0, 0.5), 1, 0.5),
+        (words((4.0, 4.75), (4.75, 5.0)), 0, None),  # two words, 4.5 .. 5.0
+        (spans((0.0, 4.75)), 0, None),
+    ]
+    for speech, tor, latency in cases:
         m = interruption.score(speech, INTR).metrics
-        want = interruption_metrics(speech, 4.5)
-        assert (m["fdb_tor"], m["fdb_latency_s"]) == (want["tor"], want["latency_s"])
+        assert (m["fdb_tor"], m["fdb_latency_s"]) == (tor, latency), speech
 
 
 def test_interruption_respond_needs_a_takeover_starting_in_the_window():
@@ -888,7 +949,7 @@ def test_dense_forced_frames_are_never_judged():
 
 
 def test_dense_speaking_frames_in_waveform_mode():
-    from duplexgym.corpora.dialogue import FRAME_SAMPLES
+    from duplexgym.constants import FRAME_SAMPLES
 
     audio = np.zeros(N * FRAME_SAMPLES, np.float32)
     audio[:FRAME_SAMPLES] = dense.SPEAKING_RMS * 1.001  # just above the bound: speech

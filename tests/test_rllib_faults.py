@@ -6,9 +6,8 @@ import signal
 
 import numpy as np
 import pytest
-
-from duplexgym.agents import rllib_train as rt
-from duplexgym.agents.train_config import load_train_config
+from duplexgym.agents.training import driver
+from duplexgym.agents.training.config import load_train_config
 from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 
 
@@ -40,7 +39,7 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
         if m["iteration"] == 0:
             os.kill(pids[0][1], signal.SIGKILL)  # runner 1 dies between iterations 1 and 2
 
-    metrics = rt.train_policy(cfg, on_iteration=on_iteration, segments=segments, ray_temp_dir=None)
+    metrics = driver.train_policy(cfg, on_iteration=on_iteration, segments=segments, ray_temp_dir=None)
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     assert [m["episodes"] for m in metrics] == [4, 4, 4]  # every iteration has both runners' groups
     assert [m["runners_restored"] for m in metrics] == [0, 1, 0]

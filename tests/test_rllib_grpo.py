@@ -1,4 +1,4 @@
-"""GRPO on Ray RLlib (agents/rllib_grpo.py): the padded batch, and the whole loop on a real local Ray."""
+"""GRPO on Ray RLlib (agents/training/): the padded batch, and the whole loop on a real local Ray."""
 
 import shutil
 import tempfile
@@ -6,11 +6,10 @@ import tempfile
 import numpy as np
 import pytest
 import torch
-
-from duplexgym.agents import rllib_grpo as rg
-from duplexgym.agents import rllib_train as rt
-from duplexgym.agents.checkpoint import build_tiny_lm
-from duplexgym.agents.grpo_math import GrpoConfig, grpo_loss
+from duplexgym.agents.policies.checkpoint import build_tiny_lm
+from duplexgym.agents.training import algorithm, connector, driver, inspection
+from duplexgym.agents.training import batch as rg
+from duplexgym.agents.training.losses import GrpoConfig, grpo_loss
 
 
 def _episode(n, group, reward, forced=0, seed=0):
@@ -22,7 +21,7 @@ def _episode(n, group, reward, forced=0, seed=0):
 def test_batch_masks_padding_and_forced_frames_and_centres_groups():
     eps = [_episode(10, "a", 1.0, seed=1), _episode(10, "a", 0.0, seed=2), _episode(7, "b", 0.5, forced=4, seed=3),
            _episode(7, "b", 0.2, forced=4, seed=4), _episode(7, "b", 0.2, forced=4, seed=5)]
-    b = rg.build_grpo_batch(eps)
+    b = rg.build_group_batch(eps)
     assert b[rg.AGENT_TOKENS].shape == (5, 9, 9) and b[rg.USER_CODES].shape == (5, 8, 9)
     assert b[rg.LOSS_MASK].shape == (5, 9)
     # model frame f = env frame f + 1; forced env frames 0..3 -> model frames 0..2 out; padding out
@@ -67,7 +66,7 @@ def local_ray():
 
 def _cfg(corpus, **fields):
     """A validated training config (``out`` is never written by ``train_policy``)."""
-    from duplexgym.agents.train_config import load_train_config
+    from duplexgym.agents.training.config import load_train_config
 
     return load_train_config({"corpus": str(corpus), "out": "/tmp/duplexgym-unused-out", **fields})
 
@@ -90,8 +89,8 @@ def _check_iteration(m, episodes, G):
         assert len(group) == G and len({e.custom_data["segment"] for e in group}) == 1
         assert len({e.custom_data["episode_seed"] for e in group}) == G
         assert len({len(e) for e in group}) == 1
-    records = [rg._episode_record(e) for e in episodes]
-    batch = rg.build_grpo_batch(records)
+    records = [connector._episode_record(e) for e in episodes]
+    batch = rg.build_group_batch(records)
     for g in np.unique(batch[rg.GROUP]):
         assert abs(batch[rg.ADVANTAGES][batch[rg.GROUP] == g].mean()) < 1e-5
     # the loss counted exactly the unforced, unpadded text tokens (less frames whose token fell
@@ -107,11 +106,11 @@ def _check_iteration(m, episodes, G):
 @pytest.mark.slow
 def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray):
     G = 4
-    initial = rt.text_weights(build_tiny_lm())
+    initial = inspection.text_weights(build_tiny_lm())
     seen = []
 
     def on_iteration(algo, m):
-        seen.append((m, list(algo.last_episodes), rt.learner_text_weights(algo), rt.runner_text_weights(algo)))
+        seen.append((m, list(algo.last_episodes), inspection.learner_text_weights(algo), inspection.runner_text_weights(algo)))
 
     cfg = _cfg(small_corpus, iterations=2, group_size=G, segments_per_iteration=2, lr=1.0e-3, kl_coef=0.05, seed=3,
                axes=["turn"], env_runners=1)
@@ -121,11 +120,11 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
         train = algo.train
         algo.train = lambda: results.append(train()) or results[-1]
 
-    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration,
+    metrics = driver.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration,
                               on_start=on_start)
     assert [m["iteration"] for m in metrics] == [0, 1]
     for m, result in zip(metrics, results, strict=True):
-        logged = result[rt.RESULT_KEY]
+        logged = result[algorithm.RESULT_KEY]
         assert logged["reward_mean"] == m["reward_mean"] and logged["frames"] == m["frames"]
         assert logged["frames_per_s"] == m["frames_per_s"] and "learner_share" in logged
     for m, episodes, _, _ in seen:
@@ -146,7 +145,7 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
 def test_grpo_masks_forced_frames_of_interruption_rollouts(small_corpus, local_ray):
     seen = []
     cfg = _cfg(small_corpus, iterations=1, group_size=2, segments_per_iteration=1, seed=0, axes=["interruption"])
-    metrics = rt.train_policy(cfg, segments=_shortest(small_corpus, "interruption", 1),
+    metrics = driver.train_policy(cfg, segments=_shortest(small_corpus, "interruption", 1),
                               on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes))))
     (m, episodes), = seen
     assert metrics[0]["episodes"] == 2
@@ -169,7 +168,7 @@ def test_update_streams_all_trains_the_audio_codebooks_too(small_corpus, local_r
         seen.append((m, list(algo.last_episodes), {n: p.detach().clone() for n, p in lm.depformer.named_parameters()}))
 
     initial = {n: p.detach().clone() for n, p in build_tiny_lm().depformer.named_parameters()}
-    rt.train_policy(cfg, segments=_shortest(small_corpus, "turn", 1), on_iteration=on_iteration)
+    driver.train_policy(cfg, segments=_shortest(small_corpus, "turn", 1), on_iteration=on_iteration)
     (m, episodes, depformer), = seen
     assert np.isfinite(m["loss"]) and np.isfinite(m["kl"])
     # each episode's last frame leaves the loss (its codebooks 1..7 are undefined); the other
@@ -188,7 +187,7 @@ def test_batch_reward_to_go_advantages_and_failed_episodes():
     eps[1]["rewards"] = np.array([0.0, -1.0, -1.0, 0.0, -1.0])
     eps[2]["rewards"] = np.array([0.0, 5.0, 5.0, 5.0, 5.0])
     eps[2]["failed"] = ["quality"]
-    b = rg.build_grpo_batch(eps, advantage="reward_to_go")
+    b = rg.build_group_batch(eps, advantage="reward_to_go")
     # model frames 0..3 = env frames 1..4; rewards-to-go [0, 0, 1, 1] and [-3, -2, -1, -1];
     # centred +-[1.5, 1, 1, 1], RMS sqrt(5.25 / 4)
     scale = np.sqrt((1.5**2 + 3) / 4)
@@ -199,7 +198,7 @@ def test_batch_reward_to_go_advantages_and_failed_episodes():
     # episode advantages leave the failed one out of the group's mean as well
     for e, r in zip(eps, (1.0, 0.0, 100.0)):
         e["reward"] = r
-    adv = rg.build_grpo_batch(eps)[rg.ADVANTAGES]
+    adv = rg.build_group_batch(eps)[rg.ADVANTAGES]
     np.testing.assert_allclose(adv, [1.0, -1.0, 0.0], atol=1e-5)
     with pytest.raises(ValueError, match="advantage: expected one of"):
-        rg.build_grpo_batch(eps, advantage="gae")
+        rg.build_group_batch(eps, advantage="gae")

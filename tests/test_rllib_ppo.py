@@ -1,14 +1,15 @@
-"""PPO with a value head (agents/rllib_ppo.py): the value head and GAE columns, and the loop on a real Ray."""
+"""PPO with a value head (agents/training/ppo.py): the value head and GAE columns, and the loop on a real Ray."""
 
 import numpy as np
 import pytest
 import torch
+from duplexgym.agents.training import batch as rg
+from duplexgym.agents.training import driver, inspection
+from duplexgym.agents.training import ppo as rp
+from duplexgym.agents.training.config import load_train_config
+from duplexgym.agents.training.losses import returns_to_go
 
-from duplexgym.agents import rllib_grpo as rg
-from duplexgym.agents import rllib_train as rt
-from duplexgym.agents import rllib_ppo as rp
-from duplexgym.agents.grpo_math import returns_to_go
-from duplexgym.agents.train_config import load_train_config
+from duplexgym.constants import SAMPLER_DEFAULTS
 
 
 def _module(gamma=1.0, lam=1.0):
@@ -19,7 +20,7 @@ def _module(gamma=1.0, lam=1.0):
              "gamma": gamma, "lam": lam, "vf_coef": 0.5}
     spec = RLModuleSpec(module_class=rp.PpoRLModule, observation_space=spaces.MultiDiscrete([2048] * 8),
                         action_space=spaces.MultiDiscrete([32000] + [2048] * 8),
-                        model_config={**rg.DEFAULT_SAMPLER, "train": train})
+                        model_config={**SAMPLER_DEFAULTS, "train": train})
     return spec.build()
 
 
@@ -37,7 +38,7 @@ def _episodes():
 def test_value_head_reads_the_detached_hidden_state_and_gae_columns_are_reward_to_go_minus_value():
     module = _module(gamma=1.0, lam=1.0)
     eps = _episodes()
-    cols = rg.build_grpo_batch(eps)
+    cols = rg.build_group_batch(eps)
     t = {k: torch.from_numpy(cols[k]) for k in (rg.AGENT_TOKENS, rg.USER_CODES)}
     logp, values = module.logprobs_and_values(t)
     assert values.shape == (3, 8)
@@ -77,10 +78,10 @@ def test_ppo_loop_on_ray_trains_the_text_policy_and_the_value_head(small_corpus)
     def on_iteration(algo, m):
         learner = algo.learner_group._learner.module[DEFAULT_MODULE_ID]
         runner = algo.env_runner_group.local_env_runner._module()
-        seen.append((m, rt.text_weights(learner), {n: p.detach().clone() for n, p in learner.value_head.named_parameters()},
+        seen.append((m, inspection.text_weights(learner), {n: p.detach().clone() for n, p in learner.value_head.named_parameters()},
                      hasattr(runner, "value_head") or hasattr(runner, "ref_lm")))
 
-    metrics = rt.train_policy(cfg, segments=segments, on_iteration=on_iteration)
+    metrics = driver.train_policy(cfg, segments=segments, on_iteration=on_iteration)
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
     for m, _, _, runner_has_extras in seen:
         for key in ("loss", "policy_loss", "value_loss", "kl", "value_mean", "return_mean"):

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import yaml
-
-from duplexgym import AXES
-from duplexgym.agents.replay import replay_check, rescore
-from duplexgym.agents.rollout import play_episode, rollout
+from duplexgym.agents.evaluation.replay import replay_check, rescore
+from duplexgym.agents.evaluation.rollout import play_episode, rollout
 from duplexgym.rewards.record import EpisodeRecord
+
+from duplexgym.constants import AXES
 from tests.conftest import REPO
 
 
@@ -131,7 +131,7 @@ def test_quality_term_in_episodes_and_judge_failures_are_reported(small_corpus, 
     spec = {"activity": {"reader": "text"},
             "terms": {"turn": {}, "quality": {"weight": 0.5, "params": {"backend": "embedding"}}}}
     env = gym.make("duplexgym/TurnTaking-v0", corpus=str(small_corpus), rewards=spec, text_tokenizer=sp_path)
-    from duplexgym.agents.baselines import make_agent
+    from duplexgym.agents.policies import make_agent
 
     agent = make_agent("oracle", env)
     terms = play_episode(env, agent, seed=0)

@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import soundfile as sf
-
 from duplexgym.corpora.synthetic import (
     GENERATOR_VERSION,
     STAMP_NAME,
@@ -17,8 +16,9 @@ from duplexgym.corpora.synthetic import (
     TTSUnavailableError,
     check_truth,
     generate_corpus,
+    phrases,
+    tts,
 )
-from duplexgym.corpora.synthetic import phrases, tts
 from duplexgym.corpora.synthetic.generate import VOICE_PAIRS
 from duplexgym.corpora.transcript import load_transcript
 

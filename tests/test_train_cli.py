@@ -3,16 +3,15 @@
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-
-from duplexgym.agents.train_config import TrainConfigError, load_train_config
+from duplexgym.agents.training.config import TrainConfigError, load_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}
@@ -162,14 +161,11 @@ def test_shipped_config_is_valid_when_the_default_corpus_is_built():
 
 
 def _png_size(path: Path) -> tuple[int, int]:
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    length, tag = struct.unpack(">I4s", data[8:16])
-    assert tag == b"IHDR" and length == 13
-    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
-    assert depth == 8 and colour == 2
-    assert data.endswith(b"IEND\xaeB`\x82")
-    return width, height
+    from matplotlib.image import imread
+
+    pixels = imread(str(path))
+    assert pixels.ndim == 3 and len(np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)) > 10  # not blank
+    return pixels.shape[1], pixels.shape[0]
 
 
 @pytest.mark.slow
@@ -199,4 +195,5 @@ def test_two_iteration_run_via_the_cli(small_corpus, tmp_path):
     assert written["corpus"] == str(Path(small_corpus).resolve()) and written["iterations"] == 2
     assert load_train_config(out / "config.yaml").to_dict() == written  # the resolved config loads again
 
-    assert _png_size(out / "reward_curve.png") == (480, 240)
+    width, height = _png_size(out / "reward_curve.png")
+    assert width >= 600 and height >= 400

@@ -11,8 +11,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-
-from duplexgym.agents.train_config import load_train_config
+from duplexgym.agents.training.config import load_train_config
 
 ENV = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE", "RAY_AUTH_MODE": "disabled"}
 
@@ -25,13 +24,13 @@ def _cfg(corpus, out, **kw):
 
 
 def _lm_state(algo) -> dict:
-    from duplexgym.agents.rllib_train import learner_lm
+    from duplexgym.agents.training.inspection import learner_lm
 
     return {k: v.detach().cpu().clone() for k, v in learner_lm(algo).state_dict().items()}
 
 
 def _optim_state(algo) -> dict:
-    from duplexgym.agents.rllib_train import learner_optimizer_state
+    from duplexgym.agents.training.inspection import learner_optimizer_state
 
     return copy.deepcopy(learner_optimizer_state(algo))
 
@@ -60,8 +59,8 @@ def _adam_moments(optim: dict) -> list:
 
 @pytest.mark.slow
 def test_exported_policy_loads_as_a_moshi_agent_and_evaluates(small_corpus, tmp_path):
-    from duplexgym.agents.baselines import make_agent
-    from duplexgym.agents.train import run_training
+    from duplexgym.agents.policies import make_agent
+    from duplexgym.agents.training.run import run_training
 
     out = tmp_path / "run"
     final = {}
@@ -99,7 +98,7 @@ def test_exported_policy_loads_as_a_moshi_agent_and_evaluates(small_corpus, tmp_
 @pytest.mark.slow
 @pytest.mark.parametrize("env_runners", [0, 1], ids=["driver-sampling", "remote-runner"])
 def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp_path, env_runners):
-    from duplexgym.agents.train import run_training
+    from duplexgym.agents.training.run import run_training
 
     saved = {}
 
@@ -111,7 +110,7 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
                         on_checkpoint=on_checkpoint)
     assert sorted(saved) == [1, 2]
     assert saved[1]["path"] == tmp_path / "full" / "checkpoints" / "iter_0001"
-    assert (saved[1]["path"] / "grpo_runners.json").is_file()
+    assert {p.name for p in saved[1]["path"].iterdir()} == {"checkpoint.json", "module.safetensors", "optimizer.safetensors"}
 
     started = {}
 
@@ -157,12 +156,14 @@ def test_resume_mistakes_exit_2_before_ray(small_corpus, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(path), "--resume",
                            str(fake)], env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "resume:" in proc.stderr and "not a training checkpoint" in proc.stderr
-    (fake / "grpo_runners.json").write_text(json.dumps({"iterations_done": 2, "runners": [], "config": cfg}))
+    for name in ("module.safetensors", "optimizer.safetensors"):
+        (fake / name).write_bytes(b"")
+    meta = {"format": "duplexgym-training-checkpoint", "version": 1, "runners": []}
+    (fake / "checkpoint.json").write_text(json.dumps({**meta, "iterations_done": 2, "config": cfg}))
     proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(path), "--resume",
                            str(fake)], env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "leaves nothing to train" in proc.stderr
-    (fake / "grpo_runners.json").write_text(json.dumps({"iterations_done": 1, "runners": [],
-                                                        "config": {**cfg, "group_size": 4}}))
+    (fake / "checkpoint.json").write_text(json.dumps({**meta, "iterations_done": 1, "config": {**cfg, "group_size": 4}}))
     proc = subprocess.run([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(path), "--resume",
                            str(fake)], env=ENV, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "resume: group_size" in proc.stderr
@@ -175,10 +176,9 @@ def test_training_continues_from_an_exported_policy_checkpoint(small_corpus, tmp
     its weights, and a checkpoint whose Mimi did not make the corpus' codes is refused before Ray."""
     import shutil
 
+    from duplexgym.agents.training.config import TrainConfigError
+    from duplexgym.agents.training.run import run_training
     from safetensors.torch import load_file, save_file
-
-    from duplexgym.agents.train import run_training
-    from duplexgym.agents.train_config import TrainConfigError
 
     first = run_training(_cfg(small_corpus, tmp_path / "first", iterations=1))
     policy = Path(first["files"]["policy"])

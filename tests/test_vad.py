@@ -3,8 +3,8 @@ get_speech_timestamps on real speech, and the probability cache."""
 
 import numpy as np
 import pytest
-
 from duplexgym.corpora import vad
+
 from tests.conftest import place
 
 

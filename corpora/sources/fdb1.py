@@ -108,11 +108,11 @@ from typing import Callable
 
 import numpy as np
 import soundfile as sf
-
 from duplexgym.corpora.audio import read_tracks
-from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 from duplexgym.corpora.errors import InputFileError, SourceError
 from duplexgym.corpora.manifest import Segment
+
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 
 #: Folder-name substring -> axis, checked in this order.
 TASK_AXES = (

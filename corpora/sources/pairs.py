@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from duplexgym.corpora.audio import read_tracks
 from duplexgym.corpora.dialogue import Dialogue
 from duplexgym.corpora.errors import InputFileError, SourceError

@@ -53,10 +53,17 @@ from typing import Callable
 
 import numpy as np
 import soundfile as sf
-
-from duplexgym.corpora.dialogue import SAMPLE_RATE, SPEAKERS, other_speaker
+from duplexgym.corpora.dialogue import SPEAKERS, other_speaker
 from duplexgym.corpora.synthetic import phrases
-from duplexgym.corpora.synthetic.tts import FRAME_S, TTS_RATE, flite_path, frame_rms_db, synthesize
+from duplexgym.corpora.synthetic.tts import (
+    FRAME_S,
+    TTS_RATE,
+    flite_path,
+    frame_rms_db,
+    synthesize,
+)
+
+from duplexgym.constants import SAMPLE_RATE
 
 #: Bump whenever the output for given (seed, params) changes; a stamp with another version re-renders.
 GENERATOR_VERSION = "1"

@@ -1,7 +1,7 @@
 """Teacher-forced log-probs of a recorded Moshi episode: one differentiable ``LMModel.forward`` pass.
 
 The policy log-probs for GRPO/PPO: the log-probability of each token the agent emitted, under the
-distribution the agent's sampler actually drew from (:mod:`duplexgym.agents.moshi_agent`: top-k
+distribution the agent's sampler actually drew from (:mod:`duplexgym.agents.policies.moshi_agent`: top-k
 with temperature, ``temp_text``/``top_k_text`` for text, ``temp``/``top_k`` for audio).
 
 ## Indexing (model frames vs LMGen steps vs env frames)

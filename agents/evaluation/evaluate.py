@@ -14,7 +14,7 @@ dataset numbers are computed with :func:`duplexgym.rewards.fdb.aggregate` from t
 :data:`PUBLISHED` holds the numbers the Full-Duplex-Bench v1 papers report for Moshi, PersonaPlex
 and GPT-Realtime on the benchmark's own test sets (FACTS.md): printed for orientation, they were
 not measured on the corpus being evaluated. ``export`` writes the episodes in the benchmark's
-folder layout (:mod:`duplexgym.agents.export`) so its official scorer can run on them.
+folder layout (:mod:`duplexgym.agents.evaluation.export`) so its official scorer can run on them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-
-from duplexgym import AXES
 from duplexgym.rewards.fdb import aggregate
+
+from duplexgym.constants import AXES
 
 #: Per-axis FD-Bench metric keys in ``by_axis`` (besides ``episodes`` and ``reward_mean``).
 AXIS_METRICS = {
@@ -107,17 +107,21 @@ def summarize_eval(agent: str, per_episode: list[dict]) -> dict:
 
 
 def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, seed: int = 0,
-             obs_mode: str = "waveform", action_mode: str = "waveform", rewards=None,
+             obs_mode: str | None = None, action_mode: str | None = None, rewards=None,
              export: str | Path | None = None, progress: bool = True) -> dict:
-    """Run ``agent`` (a name for :func:`~duplexgym.agents.baselines.make_agent`) over the corpus
+    """Run ``agent`` (a name for :func:`~duplexgym.agents.policies.baselines.make_agent`) over the corpus
     and return :func:`summarize_eval`'s dict plus ``corpus``, ``seed``, ``obs_mode``,
     ``action_mode`` and ``export``. ``rewards``: a reward spec (YAML path or dict; default: the
-    env's). ``export``: a folder to write the episodes to in Full-Duplex-Bench v1 layout."""
+    env's). ``export``: a folder to write the episodes to in Full-Duplex-Bench v1 layout.
+    ``obs_mode`` / ``action_mode``: None takes :func:`~duplexgym.envs.corpus.default_modes`."""
+    from duplexgym.agents.evaluation.rollout import play_episode
+    from duplexgym.agents.policies import make_agent
     from tqdm import tqdm
 
-    from duplexgym.agents.baselines import make_agent
-    from duplexgym.agents.rollout import play_episode
+    from duplexgym.envs.corpus import default_modes
 
+    modes = default_modes(corpus) if obs_mode is None or action_mode is None else (obs_mode, action_mode)
+    obs_mode, action_mode = obs_mode or modes[0], action_mode or modes[1]
     kwargs = {"obs_mode": obs_mode, "action_mode": action_mode}
     if rewards is not None:
         kwargs["rewards"] = rewards
@@ -127,7 +131,7 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
     agent_obj = make_agent(agent, env)
     exporter = None
     if export is not None:
-        from duplexgym.agents.export import FdbExporter
+        from duplexgym.agents.evaluation.export import FdbExporter
 
         exporter = FdbExporter(export, base.corpus)
     results = []

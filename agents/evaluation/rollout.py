@@ -13,7 +13,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from duplexgym import AXES
+from duplexgym.constants import AXES
 
 
 def summarize(per_episode: list[dict]) -> dict:
@@ -57,14 +57,21 @@ def play_episode(env, agent, seed: int | None = None, options: dict | None = Non
 def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int, out: str | Path,
             env_kwargs: dict | None = None, progress: bool = True) -> dict:
     """Run ``episodes`` episodes of ``agent_name`` in ``env_id``; the first reset is seeded with
-    ``seed`` and later ones continue the env's random stream, so the run is reproducible."""
+    ``seed`` and later ones continue the env's random stream, so the run is reproducible. Modes
+    missing from ``env_kwargs`` follow :func:`~duplexgym.envs.corpus.default_modes`."""
+    from duplexgym.agents.policies import make_agent
     from tqdm import tqdm
 
-    from duplexgym.agents.baselines import make_agent
+    from duplexgym.envs.corpus import default_modes
 
     out = Path(out)
     episodes_dir = out / "episodes"
-    env = gym.make(env_id, corpus=corpus, **(env_kwargs or {}))
+    env_kwargs = dict(env_kwargs or {})
+    if "obs_mode" not in env_kwargs or "action_mode" not in env_kwargs:
+        obs_mode, action_mode = default_modes(corpus)
+        env_kwargs.setdefault("obs_mode", obs_mode)
+        env_kwargs.setdefault("action_mode", action_mode)
+    env = gym.make(env_id, corpus=corpus, **env_kwargs)
     agent = make_agent(agent_name, env)
     results = []
     for i in tqdm(range(episodes), desc="rollout", file=sys.stderr, leave=False, disable=not progress):

@@ -52,15 +52,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from duplexgym.agents.evaluation.timeline import write_timeline
 
-from duplexgym import AXES
-from duplexgym.corpora.dialogue import FRAME_S, SAMPLE_RATE
+from duplexgym.constants import AXES, FRAME_S, SAMPLE_RATE
 
 #: The folder of each axis (official markers inside, see the module docstring).
 TASK_FOLDERS = {
@@ -88,8 +86,8 @@ class FdbExporter:
     other non-empty folder is refused, so nothing of the user's is ever deleted.
     """
 
-    def __init__(self, out: str | Path, corpus):
-        self.out, self.corpus = Path(out), corpus
+    def __init__(self, out: str | Path, corpus, svg: bool = False):
+        self.out, self.corpus, self.svg = Path(out), corpus, svg
         if self.out.exists():
             if not self.out.is_dir():
                 raise ValueError(f"--export {self.out}: exists and is not a folder; pass a new or empty folder")
@@ -150,7 +148,7 @@ class FdbExporter:
         forced_s = record.forced_frames * FRAME_S
         write_timeline(folder / "timeline.png", n * FRAME_S, user_spans=user_spans, agent_spans=agent_spans,
                        reference_spans=reference, forced_s=forced_s, events=events,
-                       reward=float(reward_terms["reward"]))
+                       reward=float(reward_terms["reward"]), title=f"{axis} segment {seg.id}", axis=axis, svg=self.svg)
         info = {
             "segment": seg.id, "axis": axis, "task": TASK_FOLDERS[axis], "sample": sample,
             "reward": reward_terms["reward"], "reward_terms": reward_terms,
@@ -160,8 +158,8 @@ class FdbExporter:
             "reference_spans_s": [list(x) for x in reference],
             "files": {"input.wav": f"user, mono {FDB_RATE_HZ} Hz", "output.wav": f"agent, mono {FDB_RATE_HZ} Hz",
                       "listen.wav": f"user left, agent right, {LISTEN_RATE_HZ} Hz"},
-            "timeline.png": "rows: user (blue), agent (orange; dark: forced prefix), human reference (grey); "
-                            "red line: the event, purple: its end; grid: 1 s; text: the episode reward",
+            "timeline.png": "rows: user (blue), agent (orange; brown: forced prefix), human reference (grey); "
+                            "red line: the event, purple: its end; x: seconds; title: the episode reward",
         }
         (folder / "episode.json").write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         self.samples.append({"task": TASK_FOLDERS[axis], "sample": sample, "segment": seg.id, "axis": axis})
@@ -253,96 +251,3 @@ def _fit(x: np.ndarray, n: int) -> np.ndarray:
 
 def _write_wav(path: Path, audio: np.ndarray, rate: int) -> None:
     sf.write(str(path), np.clip(audio, -1.0, 1.0), rate, subtype="PCM_16", format="WAV")
-
-
-# ----------------------------------------------------------------------------- timeline.png
-
-#: 3x5 pixel glyphs (rows top to bottom, 3 bits each) for the reward.
-_GLYPHS = {
-    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (7, 1, 7, 1, 7),
-    "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7), "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1),
-    "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7), "+": (0, 2, 7, 2, 0), "-": (0, 0, 7, 0, 0),
-    ".": (0, 0, 0, 0, 2), " ": (0, 0, 0, 0, 0),
-}
-_PX_PER_S = 100
-_SCALE = 3  # glyph pixel size
-_BG, _GRID = (255, 255, 255), (225, 225, 225)
-_USER, _AGENT, _FORCED, _REFERENCE = (66, 133, 244), (245, 150, 30), (150, 80, 0), (150, 150, 150)
-_EVENT, _EVENT_END, _TEXT = (220, 30, 30), (150, 40, 200), (20, 20, 20)
-_TEXT_H, _ROW_H, _REF_H, _GAP = 5 * _SCALE + 8, 22, 10, 4
-
-
-def write_timeline(path: Path, duration_s: float, *, user_spans, agent_spans, reference_spans=(), forced_s=0.0,
-                   events: dict | None = None, reward: float | None = None) -> None:
-    """A PNG of voice activity over ``duration_s``: rows user, agent, human reference; vertical
-    lines at the event (red) and its end (purple); a 1 s grid; the reward written top left."""
-    width = max(120, int(np.ceil(duration_s * _PX_PER_S)) + 1)
-    rows = [(_TEXT_H, None), (_ROW_H, "user"), (_ROW_H, "agent"), (_REF_H, "reference")]
-    height = sum(h for h, _ in rows) + _GAP * (len(rows) + 1)
-    img = np.empty((height, width, 3), dtype=np.uint8)
-    img[:] = _BG
-    for s in range(int(duration_s) + 1):
-        img[:, _x(s), :] = _GRID
-    y = _GAP
-    for h, name in rows:
-        if name == "user":
-            _spans(img, y, h, user_spans, _USER)
-        elif name == "agent":
-            _spans(img, y, h, agent_spans, _AGENT)
-            if forced_s > 0:
-                _spans(img, y, h, [(0.0, forced_s)], _FORCED, only_over=_AGENT)
-        elif name == "reference":
-            _spans(img, y, h, reference_spans, _REFERENCE)
-        y += h + _GAP
-    events = events or {}
-    top = _TEXT_H + _GAP
-    if events.get("event_s") is not None:
-        img[top:, _x(events["event_s"]) : _x(events["event_s"]) + 2] = _EVENT
-    for key in ("pause_end_s", "interruption_end_s"):
-        if events.get(key) is not None:
-            img[top:, _x(events[key]) : _x(events[key]) + 2] = _EVENT_END
-    for a, _ in events.get("backchannels_s", []):
-        img[top:, _x(a) : _x(a) + 2] = _EVENT
-    if reward is not None:
-        _text(img, _GAP, _GAP, f"{reward:+.3f}")
-    write_png(path, img)
-
-
-def _x(t_s: float) -> int:
-    return max(0, int(round(t_s * _PX_PER_S)))
-
-
-def _spans(img, y, h, spans, color, only_over=None) -> None:
-    for a, b in spans:
-        lo, hi = _x(a), max(_x(a) + 1, _x(b))
-        block = img[y : y + h, lo:hi]
-        if only_over is None:
-            block[:] = color
-        else:
-            mask = (block == np.array(only_over, dtype=np.uint8)).all(axis=-1)
-            block[mask] = color
-
-
-def _text(img, x, y, text: str) -> None:
-    for ch in text:
-        for r, bits in enumerate(_GLYPHS.get(ch, _GLYPHS[" "])):
-            for c in range(3):
-                if bits >> (2 - c) & 1:
-                    img[y + r * _SCALE : y + (r + 1) * _SCALE, x + c * _SCALE : x + (c + 1) * _SCALE] = _TEXT
-        x += 4 * _SCALE
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an 8-bit RGB image ``[H, W, 3]`` as a PNG (zlib + struct, no imaging library)."""
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise ValueError(f"write_png: expected an [H, W, 3] image, got shape {rgb.shape}")
-    height, width, _ = rgb.shape
-    raw = b"".join(b"\x00" + row.tobytes() for row in rgb)  # filter type 0 on every scanline
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit truecolour, no interlace
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-                           + chunk(b"IEND", b""))

@@ -1,4 +1,4 @@
-"""``duplexgym train --config CONFIG.yaml``: a validated :class:`~duplexgym.agents.train_config.TrainConfig`
+"""``duplexgym train --config CONFIG.yaml``: a validated :class:`~duplexgym.agents.training.config.TrainConfig`
 run with :func:`~duplexgym.agents.rllib_train.train_policy`, and its run folder.
 
 The run folder (``out``) gets these files and folders (a rerun overwrites them, and nothing else):
@@ -8,7 +8,7 @@ The run folder (``out``) gets these files and folders (a rerun overwrites them, 
   are written as ``null``);
 - ``reward_curve.png``: mean episode reward per iteration, one line per axis (pause blue, turn
   orange, backchannel green, interruption red), a grey zero line when 0 is in range; drawn with
-  :func:`duplexgym.agents.export.write_png`.
+  :func:`duplexgym.agents.evaluation.export.write_png`.
 
 - ``policy/``: the trained policy as a moshi-loadable checkpoint folder (Kyutai layout:
   ``model.safetensors``, the tiny Mimi, the text tokenizer, ``config.json``), rewritten at every
@@ -38,54 +38,16 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from duplexgym.agents.training.checkpoints import check_resume, checkpoint_path
+from duplexgym.agents.training.config import TrainConfig
+from duplexgym.agents.training.plots import write_reward_curve
 
-from duplexgym import AXES
-from duplexgym.agents.train_config import TrainConfig
+from duplexgym.constants import AXES
 
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.yaml"
 CURVE_NAME = "reward_curve.png"
 POLICY_NAME = "policy"
-CHECKPOINTS_NAME = "checkpoints"
-#: Beside an ``algo.save_to_path`` checkpoint: the iterations done, every sampling env runner's segment
-#: schedule and the config (written by ``rllib_train.save_training_checkpoint``).
-RUNNER_STATE_NAME = "grpo_runners.json"
-#: Config fields a resumed run must share with its checkpoint.
-RESUME_KEYS = ("algorithm", "corpus", "axes", "axis_weights", "segments", "group_size", "segments_per_iteration", "env_runners",
-               "seed")
-AXIS_COLOURS = {"pause": (66, 133, 244), "turn": (245, 150, 30), "backchannel": (52, 168, 83),
-                "interruption": (220, 30, 30)}
-
-
-def checkpoint_path(out: str | Path, iterations_done: int) -> Path:
-    return Path(out) / CHECKPOINTS_NAME / f"iter_{iterations_done:04d}"
-
-
-def read_checkpoint_meta(path: str | Path) -> dict:
-    """The :data:`RUNNER_STATE_NAME` of a training checkpoint folder; ``ValueError`` if it is not one."""
-    path = Path(path)
-    meta = path / RUNNER_STATE_NAME
-    if not meta.is_file():
-        raise ValueError(f"resume: {path} is not a training checkpoint (no {RUNNER_STATE_NAME}; "
-                         "checkpoints are written to OUT/checkpoints/iter_XXXX)")
-    return json.loads(meta.read_text(encoding="utf-8"))
-
-
-def check_resume(cfg: TrainConfig, resume: str | Path) -> int:
-    """Checks a ``--resume`` folder against ``cfg`` without Ray; returns its iterations done."""
-    path = Path(resume).expanduser().resolve()
-    meta = read_checkpoint_meta(path)
-    saved = meta.get("config") or {}
-    mine = cfg.to_dict()
-    for key in RESUME_KEYS:
-        if key in saved and saved[key] != mine[key]:
-            raise ValueError(f"resume: {key}: the checkpoint was trained with {saved[key]!r}, the config says "
-                             f"{mine[key]!r}; they must be equal to resume")
-    done = int(meta["iterations_done"])
-    if done >= cfg.iterations:
-        raise ValueError(f"resume: the checkpoint {path} has {done} iteration(s) done; iterations: {cfg.iterations} "
-                         "leaves nothing to train (iterations counts from the start of training)")
-    return done
 
 
 def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None = None,
@@ -118,11 +80,11 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         rows.append(row)
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
-        write_reward_curve(out / CURVE_NAME, rows, cfg.axes)
+        write_reward_curve(out / CURVE_NAME, rows, cfg.axes, title=curve_title(cfg))
         done = int(m["iteration"]) + 1
         if done == cfg.iterations or (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0):
             path = checkpoint_path(out, done)
-            save_training_checkpoint(algo, path, done, extra={"config": cfg.to_dict()})
+            save_training_checkpoint(algo, path, done, cfg.to_dict())
             export_policy(algo, policy)
             checkpoints.append(str(path))
             if on_checkpoint is not None:
@@ -130,17 +92,27 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         if on_iteration is not None:
             on_iteration(row)
 
-    from duplexgym.agents.rllib_train import export_policy, save_training_checkpoint, train_policy  # imports Ray: only now
+    from duplexgym.agents.training.checkpoints import (  # imports Ray: only now
+        export_policy,
+        save_training_checkpoint,
+    )
+    from duplexgym.agents.training.driver import train_policy
 
     t0 = time.perf_counter()
     train_policy(cfg, on_iteration=record, resume=None if resume is None else Path(resume).expanduser().resolve(),
                  on_start=on_start)
-    write_reward_curve(out / CURVE_NAME, rows, cfg.axes)
+    write_reward_curve(out / CURVE_NAME, rows, cfg.axes, title=curve_title(cfg))
     return {"algorithm": cfg.algorithm, "out": str(out), "iterations": rows,
             "reward_mean": dict(rows[-1]["reward_mean"]) if rows else {},
             "wall_s": time.perf_counter() - t0, "resumed_from": start if resume is not None else None,
             "files": {"metrics": str(metrics_path), "config": str(out / CONFIG_NAME),
                       "reward_curve": str(out / CURVE_NAME), "policy": str(policy), "checkpoints": checkpoints}}
+
+
+def curve_title(cfg: TrainConfig) -> str:
+    """The reward curve's title: the run folder, algorithm, model and axes."""
+    model = cfg.model if cfg.model == "tiny" else Path(cfg.model).name
+    return f"{Path(cfg.out).name}: {cfg.algorithm.upper()} on {', '.join(cfg.axes)} (model {model}, G = {cfg.group_size})"
 
 
 def format_iteration(m: dict, total: int) -> str:
@@ -167,54 +139,3 @@ def _plain(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-# ------------------------------------------------------------------------------------ reward curve
-
-_W, _H, _MARGIN = 480, 240, 16
-_BG, _FRAME, _GRID, _ZERO = (255, 255, 255), (120, 120, 120), (230, 230, 230), (170, 170, 170)
-
-
-def write_reward_curve(path: str | Path, rows: list[dict], axes=AXES) -> None:
-    """PNG (``_W`` x ``_H``) of ``rows[i]["reward_mean"][axis]`` over iterations, one coloured
-    polyline per axis; the y range is the data's (padded), one vertical grid line per iteration."""
-    from duplexgym.agents.export import write_png
-
-    img = np.empty((_H, _W, 3), np.uint8)
-    img[:] = _BG
-    x0, x1, y0, y1 = _MARGIN, _W - 1 - _MARGIN, _MARGIN, _H - 1 - _MARGIN
-    series = {axis: [(i, r.get("reward_mean", {}).get(axis)) for i, r in enumerate(rows)] for axis in axes}
-    values = [v for pts in series.values() for _, v in pts if v is not None and math.isfinite(v)]
-    lo, hi = (min(values), max(values)) if values else (-1.0, 1.0)
-    if hi - lo < 1e-6:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.08 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
-    n = max(len(rows), 1)
-
-    def px(i: float, v: float) -> tuple[float, float]:
-        x = x0 + (x1 - x0) * (i / (n - 1) if n > 1 else 0.5)
-        y = y1 - (y1 - y0) * (v - lo) / (hi - lo)
-        return x, y
-
-    for i in range(len(rows)):
-        img[y0:y1 + 1, int(round(px(i, lo)[0]))] = _GRID
-    if lo < 0 < hi:
-        img[int(round(px(0, 0.0)[1])), x0:x1 + 1] = _ZERO
-    img[y0, x0:x1 + 1] = img[y1, x0:x1 + 1] = _FRAME
-    img[y0:y1 + 1, x0] = img[y0:y1 + 1, x1] = _FRAME
-    for axis, pts in series.items():
-        colour = AXIS_COLOURS.get(axis, (0, 0, 0))
-        pts = [px(i, v) for i, v in pts if v is not None and math.isfinite(v)]
-        for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
-            steps = int(max(abs(xb - xa), abs(yb - ya))) * 2 + 2
-            for t in np.linspace(0.0, 1.0, steps):
-                _dot(img, xa + (xb - xa) * t, ya + (yb - ya) * t, colour, 1)
-        for x, y in pts:
-            _dot(img, x, y, colour, 3)
-    write_png(path, img)
-
-
-def _dot(img: np.ndarray, x: float, y: float, colour, r: int) -> None:
-    xi, yi = int(round(x)), int(round(y))
-    img[max(0, yi - r):yi + r + 1, max(0, xi - r):xi + r + 1] = colour

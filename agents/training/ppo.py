@@ -1,5 +1,5 @@
-"""PPO with a value head for the streaming Moshi, on the GRPO pieces of :mod:`.rllib_grpo` (driven
-by :mod:`.rllib_train`).
+"""PPO with a value head for the streaming Moshi, on the pieces GRPO uses too (:mod:`.module`,
+:mod:`.runner`, :mod:`.connector`; driven by :mod:`.algorithm`).
 
 The same env runner (groups of rollouts; PPO does not need them, it is simply how the runner
 samples), the same padded batch, the same weight sync. What differs:
@@ -13,35 +13,39 @@ samples), the same padded batch, the same weight sync. What differs:
   the learner only (it is not sent to the env runners).
 - :class:`PpoConnector`: per model frame the env's rewards (``rewards[f]`` = the env reward of
   env frame ``f + 1``: dense shaping, plus the episode reward on the last frame), the values
-  ``V[f]`` under ``no_grad``, and GAE (:func:`~duplexgym.agents.grpo_math.gae`, ``gamma`` and
+  ``V[f]`` under ``no_grad``, and GAE (:func:`~duplexgym.agents.training.losses.gae`, ``gamma`` and
   ``lam`` of the config; episodes terminate, so no bootstrap) -> ``advantages [B, T]``,
   ``returns [B, T]``.
-- :class:`PpoLearner`: :func:`~duplexgym.agents.grpo_math.ppo_loss` (clipped surrogate over the
+- :class:`PpoLearner`: :func:`~duplexgym.agents.training.losses.ppo_loss` (clipped surrogate over the
   ``update_streams`` tokens with batch-normalised advantages, ``vf_coef`` times the value loss) plus
   ``kl_coef`` times the same k3 KL to the frozen reference LM that GRPO uses
-  (:func:`~duplexgym.agents.grpo_math.reference_kl`).
+  (:func:`~duplexgym.agents.training.losses.reference_kl`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from duplexgym.agents.training.batch import (
+    ADVANTAGES,
+    LOSS_MASK,
+    OLD_LOGP,
+    REF_LOGP,
+    STEP_REWARDS,
+)
+from duplexgym.agents.training.connector import GroupBatchConnector
+from duplexgym.agents.training.learner import GroupLearner
+from duplexgym.agents.training.losses import PpoConfig, gae, ppo_loss, reference_kl
+from duplexgym.agents.training.module import MoshiRLModule
 from torch import nn
-
-from duplexgym.agents.grpo_math import PpoConfig, gae, ppo_loss, reference_kl
-from duplexgym.agents.rllib_grpo import (
-    ADVANTAGES, LOSS_MASK, OLD_LOGP, REF_LOGP, STEP_REWARDS, GrpoConnector, GrpoLearner, GrpoRLModule)
-from duplexgym.agents.rllib_train import GroupSamplingConfig
-
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec  # noqa: E402
 
 RETURNS = "returns"  # [B, T] GAE value targets
 VALUES_OLD = "values_old"  # [B, T] the value head's predictions when the batch was built
 VALUE_HIDDEN = 256
 
 
-class PpoRLModule(GrpoRLModule):
-    """:class:`GrpoRLModule` plus a value head on the detached hidden state (learner only)."""
+class PpoRLModule(MoshiRLModule):
+    """:class:`MoshiRLModule` plus a value head on the detached hidden state (learner only)."""
 
     def setup(self):
         super().setup()
@@ -70,8 +74,8 @@ class PpoRLModule(GrpoRLModule):
         return {"logp": logp, "values": values}
 
 
-class PpoConnector(GrpoConnector):
-    """:class:`GrpoConnector`'s batch plus the per-frame GAE advantages and value targets."""
+class PpoConnector(GroupBatchConnector):
+    """:class:`GroupBatchConnector`'s batch plus the per-frame GAE advantages and value targets."""
 
     def policy_pass(self, module, t: dict, cols: dict) -> torch.Tensor:
         logp, cols[VALUES_OLD] = module.logprobs_and_values(t)
@@ -91,7 +95,7 @@ class PpoConnector(GrpoConnector):
         cols[VALUES_OLD] = values.float().numpy()
 
 
-class PpoLearner(GrpoLearner):
+class PpoLearner(GroupLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         train = self.module[module_id].train_settings()
         cfg = PpoConfig(clip_eps=train["clip_eps"], vf_coef=train["vf_coef"], update_streams=train["update_streams"])
@@ -107,12 +111,3 @@ class PpoLearner(GrpoLearner):
         self.log_metrics(module_id, batch, loss, metrics, "ppo_loss")
         return loss
 
-
-class PpoAlgoConfig(GroupSamplingConfig):
-    """``AlgorithmConfig`` whose defaults are the PPO module and learner."""
-
-    def get_default_rl_module_spec(self):
-        return RLModuleSpec(module_class=PpoRLModule)
-
-    def get_default_learner_class(self):
-        return PpoLearner

@@ -41,9 +41,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-N_STREAMS = 9  # Moshi's streams per frame: 1 text + 8 audio codebooks
-TEXT_STREAM = 0  # index of the text stream; 1..8 are the audio codebooks
-UPDATE_STREAMS = ("text", "audio", "all")
+from duplexgym.constants import N_STREAMS, TEXT_STREAM, UPDATE_STREAMS
+
 KL_ESTIMATORS = ("k1", "k3")
 
 

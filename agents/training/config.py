@@ -30,7 +30,7 @@ A config (relative paths are read from the current working directory, as the oth
 Every mistake raises :class:`TrainConfigError` (a ``ValueError``; the CLI exits 2) naming the field,
 e.g. ``axes[1]: unknown axis 'turns'; known: pause, turn, backchannel, interruption``. Loading
 never imports or starts Ray: the corpus is checked by reading its ``corpus.json`` and manifest,
-a checkpoint folder by :func:`~duplexgym.agents.checkpoint.resolve_checkpoint` (no weights loaded),
+a checkpoint folder by :func:`~duplexgym.agents.policies.checkpoint.resolve_checkpoint` (no weights loaded),
 a reward spec by :func:`~duplexgym.rewards.spec.load_spec`.
 
 What training cannot do yet is refused, never ignored: a reward spec whose activity reader is ``vad`` (the env would
@@ -38,7 +38,7 @@ decode every rollout's audio; use ``text``), fields of one algorithm set in the 
 (``advantage`` for PPO; ``gamma``, ``lam``, ``vf_coef`` for GRPO).
 On a cluster (``ray_address``) ``corpus`` and ``out`` must be paths every node can read (a shared
 file system) and duplexgym must be installed on every node.
-Checkpoints (``out/checkpoints/iter_XXXX``, ``out/policy``): see :mod:`duplexgym.agents.train`.
+Checkpoints (``out/checkpoints/iter_XXXX``, ``out/policy``): see :mod:`duplexgym.agents.training.run`.
 """
 
 from __future__ import annotations
@@ -50,14 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from duplexgym import AXES
+from duplexgym.constants import AXES, TINY_MODEL, UPDATE_STREAMS
 
 KNOWN_ALGORITHMS = ("grpo", "ppo")
-UPDATE_STREAMS = ("text", "audio", "all")  # = grpo_math.UPDATE_STREAMS (not imported: it imports torch)
 ADVANTAGES = ("episode", "reward_to_go")
 #: Fields only one algorithm reads, and their defaults: setting one for the other is an error.
 ALGORITHM_FIELDS = {"grpo": {"advantage": "episode"}, "ppo": {"gamma": 1.0, "lam": 0.95, "vf_coef": 0.5}}
-TINY_MODEL = "tiny"
 
 
 class TrainConfigError(ValueError):
@@ -285,8 +283,9 @@ def _axis_weights(value: Any, axes: tuple[str, ...]) -> dict | None:
 def _rewards(value: Any) -> dict | None:
     if value is None:
         return None
-    from duplexgym.config import load_yaml
     from duplexgym.rewards.spec import RewardSpecError, spec_from_dict
+
+    from duplexgym.config import load_yaml
 
     def parse(raw: Any):
         """A spec that names no reader reads the text stream (the default of token actions)."""
@@ -337,7 +336,7 @@ def _model(value: Any) -> str:
         return TINY_MODEL
     if not isinstance(value, str) or not value.strip():
         raise TrainConfigError(f"model: expected 'tiny' or a checkpoint folder, got {value!r}")
-    from duplexgym.agents.checkpoint import resolve_checkpoint
+    from duplexgym.agents.policies.checkpoint import resolve_checkpoint
 
     path = Path(value).expanduser().resolve()
     try:
@@ -368,7 +367,10 @@ def _corpus(value: Any, axes: tuple[str, ...], model: str):
         raise TrainConfigError(f"corpus: {path} was built with codec {corpus.codec_spec!r}; model 'tiny' needs codes "
                                "of the tiny Mimi (`--codec tiny`)")
     if model != TINY_MODEL:
-        from duplexgym.agents.checkpoint import load_checkpoint_mimi, resolve_checkpoint
+        from duplexgym.agents.policies.checkpoint import (
+            load_checkpoint_mimi,
+            resolve_checkpoint,
+        )
         from duplexgym.corpora.codec import codec_id
 
         mimi_id = codec_id(load_checkpoint_mimi(resolve_checkpoint(model), "cpu"))  # Mimi only, not the LM

@@ -6,9 +6,9 @@ says. Everything it says is one of two fixed clips, so it tests *when* a policy 
 
 Hearing
 -------
-Waveform observations (24 kHz, 1920 samples per frame) are resampled to 16 kHz with a streaming
-polyphase filter (:class:`StreamResampler`: the same samples as ``scipy.signal.resample_poly(x, 2,
-3)`` on the whole signal, 2 ms late) and fed to silero VAD 6.2.3 (JIT) chunk by chunk, 512 samples
+Waveform observations (24 kHz, 1920 samples per frame) are resampled to 16 kHz with soxr's
+streaming resampler (:class:`StreamResampler`: the same samples as ``soxr.resample`` of the whole
+signal, ~20 ms late) and fed to silero VAD 6.2.3 (JIT) chunk by chunk, 512 samples
 (32 ms) per call, with the model's recurrent state kept between calls (:class:`StreamingVad`). A
 chunk is user speech when its probability reaches ``threshold``; speech goes on until the
 probability falls below ``neg_threshold`` (hysteresis). Codes observations are first decoded with
@@ -55,12 +55,11 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from duplexgym.agents.baselines import SPEECH_TOKEN, TALK_CLIP
-from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
+from duplexgym.agents.policies.baselines import SPEECH_TOKEN, TALK_CLIP
 from duplexgym.envs.corpus import ReplayCorpus
-from duplexgym.envs.replay import TEXT_PAD
 from duplexgym.rewards.activity import ActivityParams, text_stream
+
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, TEXT_PAD
 
 BACKCHANNEL_CLIP = Path(__file__).parent / "data" / "backchannel.flac"
 #: silero's rate (Hz) and chunk (samples, 32 ms).
@@ -120,43 +119,21 @@ class VadAgentParams:
 
 
 class StreamResampler:
-    """24 kHz -> 16 kHz, frame by frame, equal to ``resample_poly(x, 2, 3)`` of the whole signal.
-
-    ``resample_poly``'s default filter reaches 15 input samples to each side, so each call filters
-    the new samples together with :data:`CONTEXT` samples before them and holds back the last
-    :data:`DELAY` samples until the next call (2 ms of latency). Output sample ``n`` depends on
-    inputs within 15 samples of ``1.5 * n`` only, so the stitched stream matches the whole-signal
-    resampling up to float rounding, from the first sample on (the zeros the stream starts with
-    are the whole-signal call's zero padding).
-    """
-
-    CONTEXT = 48
-    DELAY = 48
+    """24 kHz -> 16 kHz, frame by frame: ``soxr.ResampleStream`` (quality HQ, what the corpus
+    builder's one-shot resampling uses). The concatenated output equals ``soxr.resample`` of the
+    whole signal sample for sample; soxr holds back ~15-25 ms of output until later input arrives."""
 
     def __init__(self):
-        from scipy.signal import firwin
-
-        # resample_poly's own filter for 2/3 (Kaiser-windowed sinc, 61 taps), designed once
-        self._fir = firwin(2 * 10 * 3 + 1, 1.0 / 3, window=("kaiser", 5.0))
         self.reset()
 
     def reset(self) -> None:
-        self._buf = np.zeros(self.CONTEXT, dtype=np.float64)  # the signal starts with zeros before t=0
+        import soxr
+
+        self._stream = soxr.ResampleStream(24_000, VAD_RATE, 1, dtype="float32", quality="HQ")
 
     def push(self, x: np.ndarray) -> np.ndarray:
-        """Resample the next input samples (length a multiple of 3); returns the newly ready output."""
-        from scipy.signal import resample_poly
-
-        x = np.asarray(x, dtype=np.float64)
-        if len(x) % 3:
-            raise ValueError(f"StreamResampler.push: need a multiple of 3 samples, got {len(x)}")
-        buf = np.concatenate([self._buf, x])
-        # buf[: CONTEXT] are already emitted (or the zeros before the start); emit up to len - DELAY.
-        upto = len(buf) - self.DELAY
-        y = resample_poly(buf, 2, 3, window=self._fir)  # copies the taps, scales them by 2
-        out = y[self.CONTEXT * 2 // 3 : upto * 2 // 3]
-        self._buf = buf[upto - self.CONTEXT :]
-        return out.astype(np.float32)
+        """Resample the next input samples; returns the output that is ready (float32)."""
+        return self._stream.resample_chunk(np.ascontiguousarray(x, dtype=np.float32))
 
 
 class StreamingVad:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
-
 from duplexgym.rewards.dense import dense_rewards
 from duplexgym.rewards.record import EpisodeRecord
 from duplexgym.rewards.scoring import score_episode
@@ -54,7 +53,7 @@ def replay_check(path: str | Path) -> dict:
 def rescore(records_dir: str | Path, spec_source) -> tuple[dict, list[dict]]:
     """Recompute every record under ``spec_source``; the per-episode ``reward_terms`` (with the
     dense total of the new spec) and the record paths."""
-    from duplexgym.agents.rollout import summarize
+    from duplexgym.agents.evaluation.rollout import summarize
 
     spec = load_spec(spec_source)
     paths = sorted(Path(records_dir).rglob("*.json")) if Path(records_dir).is_dir() else [Path(records_dir)]

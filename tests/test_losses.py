@@ -3,17 +3,15 @@
 import math
 
 import numpy as np
-
 import pytest
 import torch
-
-from duplexgym.agents.grpo_math import (
+from duplexgym.agents.training.losses import (
     N_STREAMS,
     GrpoConfig,
     PpoConfig,
     gae,
-    grpo_loss,
     group_advantages,
+    grpo_loss,
     ppo_loss,
     stream_mask,
 )
@@ -247,7 +245,7 @@ def test_ppo_config_validation_and_shape_errors():
 
 
 def test_group_step_advantages_on_hand_numbers():
-    from duplexgym.agents.grpo_math import group_step_advantages, returns_to_go
+    from duplexgym.agents.training.losses import group_step_advantages, returns_to_go
 
     rewards = torch.tensor([[-1.0, 0.0, 1.0], [-1.0, 0.0, -1.0],  # group 7: rtg [0, 1, 1] and [-2, -1, -1]
                             [1.0, 0.0, 9.0], [0.0, 0.0, 9.0],  # group 3, length 2 (the 9s are padding)
@@ -274,7 +272,7 @@ def test_group_step_advantages_on_hand_numbers():
 
 
 def test_reference_kl_matches_the_grpo_loss_kl_term():
-    from duplexgym.agents.grpo_math import reference_kl
+    from duplexgym.agents.training.losses import reference_kl
 
     g = torch.Generator().manual_seed(0)
     new, old, ref = (-torch.rand(3, 9, 5, generator=g) for _ in range(3))

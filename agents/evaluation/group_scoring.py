@@ -4,7 +4,7 @@ What a training run is judged by: the same segments and the same sampling seeds 
 training, so a change in the mean is the policy's, not the draw's. Each segment is replayed by
 ``rollouts`` envs stepped in lockstep (``reset(options={"segment": id})``; plain envs rather than a
 vector env, whose merged infos would scatter each row's ``reward_terms``) and one batched
-streaming :class:`~duplexgym.agents.moshi_agent.MoshiAgent` acts for all rows, as the GRPO env
+streaming :class:`~duplexgym.agents.policies.moshi_agent.MoshiAgent` acts for all rows, as the GRPO env
 runner samples a group. Env: codes observations, token actions, the given reward spec.
 """
 
@@ -19,14 +19,14 @@ def score_policy(policy, corpus: str | os.PathLike, segments: list[str], rollout
                  rewards: dict | None = None, sampler: dict | None = None) -> list[dict]:
     """Per episode ``{"segment", "axis", "row", "return", "score", "reward"}`` for every segment x row.
 
-    ``policy``: what :class:`~duplexgym.agents.moshi_agent.MoshiAgent` loads (``"tiny"``, a
+    ``policy``: what :class:`~duplexgym.agents.policies.moshi_agent.MoshiAgent` loads (``"tiny"``, a
     checkpoint folder such as a training run's ``policy/``, or ``MoshiModels``). ``return``: the
     episode's summed env rewards (dense shaping included); ``score``: the value of the segment's
     axis term (``None`` if it failed); ``reward``: the weighted sum of the terms. The agent's
     episode seeds follow from ``seed`` alone, so two policies scored with one ``seed`` draw their
     samples from the same random streams.
     """
-    from duplexgym.agents.moshi_agent import MoshiAgent
+    from duplexgym.agents.policies.moshi_agent import MoshiAgent
     from duplexgym.envs.corpus import ReplayCorpus
     from duplexgym.envs.replay import DuplexReplayEnv
 

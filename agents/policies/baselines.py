@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from duplexgym.corpora.dialogue import FRAME_S, FRAME_SAMPLES
 from duplexgym.envs.corpus import ReplayCorpus
-from duplexgym.envs.replay import TEXT_PAD
 from duplexgym.rewards.activity import ActivityParams, text_stream
+
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES, TEXT_PAD
 
 TALK_CLIP = Path(__file__).parent / "data" / "talk.flac"
 #: Text token the baselines emit for a spoken word (any non-padding id reads as speech).
@@ -112,22 +111,3 @@ class OracleAgent(_FrameAgent):
 
 
 BASELINES = {"silent": SilentAgent, "talk": TalkAgent, "oracle": OracleAgent}
-
-
-def make_agent(name: str, env) -> object:
-    """The agent ``name`` for ``env`` (a DuplexReplayEnv or a wrapper of one). A Moshi agent also
-    sets the env's text tokenizer to its own, so records carry its decoded text."""
-    base = env.unwrapped
-    if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
-        from duplexgym.agents.moshi_agent import MoshiAgent
-
-        agent = MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
-        base.set_text_tokenizer(agent.text_tokenizer_path)
-        return agent
-    if name == "vad":  # the rule-based turn-taker (agents/vad_agent.py) also needs the observation mode
-        from duplexgym.agents.vad_agent import VadAgent
-
-        return VadAgent(base.corpus, base.action_mode, base.reward_spec.activity, obs_mode=base.obs_mode)
-    if name not in BASELINES:
-        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}, vad, moshi, moshi:CHECKPOINT_DIR")
-    return BASELINES[name](base.corpus, base.action_mode, base.reward_spec.activity)

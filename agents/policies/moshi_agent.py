@@ -1,6 +1,6 @@
 """The Moshi agent: the real ``moshi`` package streaming (``LMGen`` + Mimi) inside duplexgym envs.
 
-``MoshiAgent(source)`` loads a Moshi (:mod:`duplexgym.agents.checkpoint`: ``"tiny"`` or a checkpoint
+``MoshiAgent(source)`` loads a Moshi (:mod:`duplexgym.agents.policies.checkpoint`: ``"tiny"`` or a checkpoint
 folder in Kyutai's layout), enters ``lm_gen.streaming(B)`` and ``mimi.streaming(B)`` once for its
 whole life, and answers each 80 ms user frame with one action: int64 ``[9]``, the text token and
 the 8 Mimi codes of its own voice for that frame (the env's ``tokens`` action mode). Observations
@@ -64,21 +64,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from duplexgym.agents.policies.base import row_infos
+from duplexgym.agents.policies.checkpoint import (  # runtime settings first
+    MoshiModels,
+    load_models,
+)
+from duplexgym.corpora.codec import codec_id, encode
+from moshi.models.lm import LMGen, LMModel
 
-from duplexgym.agents.base import row_infos
-from duplexgym.agents.checkpoint import MoshiModels, load_models  # runtime settings first
-from duplexgym.corpora.codec import MIMI_CARDINALITY, MIMI_CODEBOOKS, codec_id, encode
-from duplexgym.corpora.dialogue import FRAME_SAMPLES
+from duplexgym.constants import (
+    FRAME_SAMPLES,
+    MIMI_CARDINALITY,
+    MIMI_CODEBOOKS,
+    N_STREAMS,
+    TEXT_END_PAD,
+    TEXT_PAD,
+)
 
-import torch  # noqa: E402
-from moshi.models.lm import LMGen, LMModel  # noqa: E402
-
-#: Moshi's text padding token, the text of a silent frame.
-TEXT_PAD = 3
-#: Moshi's end-of-padding token (marks the last padding frame before a word).
-TEXT_END_PAD = 0
-#: Tokens per action: text + the agent's 8 Mimi codebooks.
-ACTION_SIZE = 1 + MIMI_CODEBOOKS
 #: Silent frames encoded to get the steady-state silence codes (as the corpus builder does).
 SILENCE_WARMUP_FRAMES = 4
 
@@ -139,7 +142,7 @@ class MoshiAgent:
     """A full-duplex Moshi acting in duplexgym envs (tokens action mode; codes or waveform observations).
 
     ``source``: ``"tiny"``, a checkpoint folder in Kyutai's layout (see
-    :mod:`duplexgym.agents.checkpoint`), or a loaded :class:`~duplexgym.agents.checkpoint.MoshiModels`
+    :mod:`duplexgym.agents.policies.checkpoint`), or a loaded :class:`~duplexgym.agents.policies.checkpoint.MoshiModels`
     (used by this agent alone: the modules hold the streaming state). ``batch_size`` rows run in
     parallel (``reset_batch``/``act_batch``, for vector envs); ``reset``/``act`` are the one-row
     protocol. Sampling: ``temp``/``top_k`` (audio), ``temp_text``/``top_k_text`` (text), Moshi's
@@ -203,7 +206,7 @@ class MoshiAgent:
         self._started = np.zeros(B, dtype=bool)
         self._t = np.zeros(B, dtype=np.int64)  # steps taken since the row's reset = env frame of the next act
         self._k = np.zeros(B, dtype=np.int64)  # forced frames
-        self._prefix: list[np.ndarray] = [np.zeros((0, ACTION_SIZE), np.int64)] * B
+        self._prefix: list[np.ndarray] = [np.zeros((0, N_STREAMS), np.int64)] * B
         self.episode_seeds = np.zeros(B, dtype=np.uint64)
         self.episodes_started = 0
 
@@ -359,12 +362,12 @@ class MoshiAgent:
         :class:`~duplexgym.envs.replay.ForcedPrefix`), else a bare ``forced_action`` array."""
         k = int(info.get("forced_frames", 0) or 0) if info is not None else 0
         if k == 0:
-            return np.zeros((0, ACTION_SIZE), np.int64)
+            return np.zeros((0, N_STREAMS), np.int64)
         prefix = info.get("forced_prefix")
         forced = np.asarray(prefix.action if prefix is not None else info.get("forced_action"))
-        if forced.ndim != 2 or forced.shape != (k, ACTION_SIZE) or forced.dtype.kind not in "iu":
+        if forced.ndim != 2 or forced.shape != (k, N_STREAMS) or forced.dtype.kind not in "iu":
             raise ValueError(f"row {row}: reset info forced_frames={k} needs the forced prefix as integer tokens "
-                             f"[{k}, {ACTION_SIZE}] (env action_mode='tokens'), got {forced.dtype} {forced.shape}")
+                             f"[{k}, {N_STREAMS}] (env action_mode='tokens'), got {forced.dtype} {forced.shape}")
         if forced[:, 0].min() < 0 or forced[:, 0].max() >= self.lm.text_card \
                 or forced[:, 1:].min() < 0 or forced[:, 1:].max() >= MIMI_CARDINALITY:
             raise ValueError(f"row {row}: forced_action tokens out of range (text < {self.lm.text_card}, "

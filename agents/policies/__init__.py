@@ -1,0 +1,37 @@
+"""Policies: what acts inside the envs.
+
+- :mod:`.base`: the agent protocol (``reset(info)``, ``act(obs)``; batched ``reset_batch`` /
+  ``act_batch``) and :class:`~.base.PerRowBatch`;
+- :mod:`.baselines`: ``silent``, ``talk``, ``oracle``; :mod:`.vad_agent`: ``vad``, a rule-based
+  turn-taker on streaming silero;
+- :mod:`.moshi_agent`: the streaming Moshi (``LMGen`` + Mimi, batched, forced prefix, seeded);
+  :mod:`.checkpoint`: where a Moshi comes from (the tiny random one, or a checkpoint folder).
+
+:func:`make_agent` builds any of them by name, as ``duplexgym rollout`` / ``eval --agent`` do.
+"""
+
+from __future__ import annotations
+
+#: Agent names :func:`make_agent` knows (``moshi:PATH`` loads a checkpoint folder).
+AGENT_NAMES = ("silent", "talk", "oracle", "vad", "moshi", "moshi:CHECKPOINT_DIR")
+
+
+def make_agent(name: str, env) -> object:
+    """The agent ``name`` for ``env`` (a DuplexReplayEnv or a wrapper of one). A Moshi agent also
+    sets the env's text tokenizer to its own, so records carry its decoded text."""
+    base = env.unwrapped
+    if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
+        from duplexgym.agents.policies.moshi_agent import MoshiAgent
+
+        agent = MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
+        base.set_text_tokenizer(agent.text_tokenizer_path)
+        return agent
+    if name == "vad":  # the rule-based turn-taker (agents/vad_agent.py) also needs the observation mode
+        from duplexgym.agents.policies.vad_agent import VadAgent
+
+        return VadAgent(base.corpus, base.action_mode, base.reward_spec.activity, obs_mode=base.obs_mode)
+    from duplexgym.agents.policies.baselines import BASELINES
+
+    if name not in BASELINES:
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}, vad, moshi, moshi:CHECKPOINT_DIR")
+    return BASELINES[name](base.corpus, base.action_mode, base.reward_spec.activity)

@@ -1,0 +1,210 @@
+"""The RLlib algorithm of every trainer here: group sampling on the env runners, one learner update,
+weight sync; and the ``AlgorithmConfig`` of a validated train config.
+
+- :class:`GroupSamplingAlgorithm`: each iteration samples groups on the env runners
+  (:class:`~duplexgym.agents.training.runner.GroupEnvRunner`), runs one learner update of ``epochs``
+  passes, and syncs the weights back; it brings dead env runners back within the iteration.
+- :func:`algorithm_config`: the RLlib config of a :class:`~duplexgym.agents.training.config.TrainConfig`:
+  GRPO (:class:`~duplexgym.agents.training.learner.GrpoLearner`) or PPO (:mod:`.ppo`), both on the
+  same module, runner and connector.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from duplexgym.agents.training.connector import GroupBatchConnector
+from duplexgym.agents.training.learner import GrpoLearner
+from duplexgym.agents.training.module import MoshiRLModule
+from duplexgym.agents.training.ppo import PpoConnector, PpoLearner, PpoRLModule
+from duplexgym.agents.training.runner import ENV_NAME, GroupEnvRunner, make_env
+from gymnasium import spaces
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.connectors.learner import NumpyToTensor
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from duplexgym.constants import (
+    MIMI_CARDINALITY,
+    MIMI_CODEBOOKS,
+    SAMPLER_DEFAULTS,
+    TEXT_CARD,
+)
+
+
+class GroupSamplingConfig(AlgorithmConfig):
+    """``AlgorithmConfig`` of :class:`GroupSamplingAlgorithm`: its RLModule and Learner by default."""
+
+    def __init__(self, algo_class=None):
+        super().__init__(algo_class=algo_class or GroupSamplingAlgorithm)
+
+    def get_default_rl_module_spec(self):
+        return RLModuleSpec(module_class=MoshiRLModule)
+
+    def get_default_learner_class(self):
+        return GrpoLearner
+
+
+class PpoAlgoConfig(GroupSamplingConfig):
+    """``AlgorithmConfig`` whose defaults are the PPO module and learner."""
+
+    def get_default_rl_module_spec(self):
+        return RLModuleSpec(module_class=PpoRLModule)
+
+    def get_default_learner_class(self):
+        return PpoLearner
+
+
+#: ``algorithm`` of the train config -> (AlgorithmConfig class, RLModule, Learner, learner connector).
+ALGORITHMS = {
+    "grpo": (GroupSamplingConfig, MoshiRLModule, GrpoLearner, GroupBatchConnector),
+    "ppo": (PpoAlgoConfig, PpoRLModule, PpoLearner, PpoConnector),
+}
+
+
+#: Key of this package's per-iteration numbers (reward means per axis, frames/s, ...) in RLlib's results.
+RESULT_KEY = "duplexgym"
+#: How long a training iteration waits for Ray to bring a dead env runner back (seconds).
+RUNNER_RESTORE_TIMEOUT_S = 180.0
+
+
+class GroupSamplingAlgorithm(Algorithm):
+    """Samples groups on the env runners, one learner update, weight sync (GRPO and PPO alike).
+
+    Fault tolerance: with remote env runners (``restart_failed_env_runners``), a runner that dies
+    loses only its share of the current iteration's rollouts: Ray restarts the actor, the
+    iteration waits for it, gives it the learner's weights and the segment schedule the dead one
+    had when the iteration began, and samples that share again. No finished iteration is lost,
+    and the restarted runner replays the segments the dead one would have."""
+
+    @classmethod
+    def get_default_config(cls):
+        return GroupSamplingConfig()
+
+    def setup(self, config):
+        #: ``{worker_index: GroupEnvRunner.sampler_state()}`` after the last finished sampling (or a restore).
+        self.runner_states: dict[int, dict] = {}
+        self.last_episodes: list = []  # the last iteration's episodes
+        self.last_iteration: dict = {}  # the last iteration's metrics (train_policy's per-iteration row)
+        super().setup(config)
+
+    def sampling_remote(self) -> bool:
+        """True when remote env runners sample (the local one then has no env)."""
+        return self.env_runner_group.num_remote_env_runners() > 0
+
+    def _sample(self) -> tuple[list, int]:
+        """Every sampling runner's episodes and metrics (``[(worker_index, episodes, metrics, state)]``,
+        sorted by runner) and the number of runners restored on the way."""
+        def work(runner):
+            episodes = runner.sample()
+            return int(runner.worker_index), episodes, runner.get_metrics(), runner.sampler_state()
+
+        if not self.sampling_remote():
+            return [work(self.env_runner)], 0
+        group = self.env_runner_group
+        expected = set(range(1, group.num_remote_env_runners() + 1))
+        results = group.foreach_env_runner(work, local_env_runner=False)
+        restored_total = 0
+        deadline = time.monotonic() + RUNNER_RESTORE_TIMEOUT_S
+        while missing := sorted(expected - {r[0] for r in results}):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"env runner(s) {missing} died and did not come back within "
+                                   f"{RUNNER_RESTORE_TIMEOUT_S:.0f} s; the finished iterations are kept "
+                                   "(resume from the last checkpoint)")
+            restored = self.restore_env_runners(group)
+            back = sorted(set(restored) & set(missing))
+            if not back:
+                time.sleep(1.0)
+                continue
+            restored_total += len(back)
+            group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+            for idx in back:
+                state = self.runner_states.get(idx)
+                if state is not None:  # a runner that died in its first iteration starts fresh, as it did
+                    group.foreach_env_runner(lambda r, state=state: r.set_sampler_state(state),
+                                             remote_worker_ids=[idx], local_env_runner=False)
+            results += group.foreach_env_runner(work, remote_worker_ids=back, local_env_runner=False)
+        return sorted(results, key=lambda r: r[0]), restored_total
+
+    def training_step(self):
+        t0 = time.perf_counter()
+        results, restored = self._sample()
+        sample_s = time.perf_counter() - t0
+        self.runner_states.update({idx: state for idx, _, _, state in results})
+        episodes = [e for _, eps, _, _ in results for e in eps]
+        self.metrics.aggregate([m for _, _, m, _ in results], key="env_runners")
+        frames = sum(len(e) for e in episodes)
+        epochs = int(self.config.rl_module_spec.model_config["train"]["epochs"])  # = the modules' train_settings()
+        t1 = time.perf_counter()
+        learner_results = self.learner_group.update(episodes=episodes, num_epochs=epochs, minibatch_size=None,
+                                                    timesteps={"num_env_steps_sampled_lifetime": frames})
+        update_s = time.perf_counter() - t1
+        self.metrics.aggregate(learner_results, key="learners")
+        t2 = time.perf_counter()
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        sync_s = time.perf_counter() - t2
+        by_axis: dict[str, list] = {}
+        scores: dict[str, list] = {}
+        for e in episodes:
+            by_axis.setdefault(e.custom_data["axis"], []).append(e.custom_data["reward"])
+            if e.custom_data.get("score") is not None:
+                scores.setdefault(e.custom_data["axis"], []).append(e.custom_data["score"])
+        self.last_episodes = episodes
+        total = sample_s + update_s + sync_s
+        self.last_iteration = {"episodes": len(episodes), "frames": frames, "sample_s": sample_s, "update_s": update_s,
+                          "sync_s": sync_s, "learner_share": update_s / total if total > 0 else float("nan"),
+                          "frames_per_s": frames / sample_s if sample_s > 0 else float("nan"),
+                          "iteration_frames_per_s": frames / total if total > 0 else float("nan"),
+                          "reward_mean": {a: float(np.mean(v)) for a, v in by_axis.items()},
+                          "score_mean": {a: float(np.mean(v)) for a, v in scores.items()},
+                          "failed_episodes": sum(1 for e in episodes if e.custom_data.get("failed")),
+                          "runners_restored": restored,
+                          "groups": sorted({e.custom_data["group"] for e in episodes}),
+                          "segments": sorted({e.custom_data["segment"] for e in episodes})}
+        # Also where RLlib logs (the result dict of ``algo.train()``, and Tune's loggers under Tune):
+        # the numbers of the iteration's progress line, under RESULT_KEY.
+        self.metrics.log_dict({k: v for k, v in self.last_iteration.items() if k not in ("groups", "segments")},
+                              key=RESULT_KEY, window=1)
+        return None
+
+
+def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
+    """The ``AlgorithmConfig`` of a validated :class:`~duplexgym.agents.training.config.TrainConfig`:
+    GRPO or PPO (:data:`ALGORITHMS`).
+    ``segments``: sample only these segment ids (default: ``cfg.segments``)."""
+    from ray.tune.registry import register_env
+
+    register_env(ENV_NAME, make_env)
+    n_runners = max(1, int(cfg.env_runners))
+    if cfg.segments_per_iteration % n_runners:
+        raise ValueError(f"segments_per_iteration={cfg.segments_per_iteration} must split evenly over "
+                         f"{n_runners} env runners")
+    sampling = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners}
+    segments = segments if segments is not None else cfg.segments
+    env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
+                  "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "sampling": sampling}
+    train = {k: getattr(cfg, k) for k in ("algorithm", "clip_eps", "kl_coef", "update_streams", "advantage", "epochs",
+                                          "gamma", "lam", "vf_coef")}
+    config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]
+    obs_space = spaces.MultiDiscrete([MIMI_CARDINALITY] * MIMI_CODEBOOKS)
+    act_space = spaces.MultiDiscrete([TEXT_CARD] + [MIMI_CARDINALITY] * MIMI_CODEBOOKS)
+    return (
+        config_cls()
+        .environment(ENV_NAME, env_config=env_config)
+        .framework("torch")
+        .env_runners(env_runner_cls=GroupEnvRunner, num_env_runners=int(cfg.env_runners),
+                     num_envs_per_env_runner=int(cfg.group_size), sample_timeout_s=None,
+                     gym_env_vectorize_mode="sync")
+        .learners(num_learners=0, learner_class=learner_cls,
+                  learner_connector=lambda obs, act: [connector_cls(), NumpyToTensor()],
+                  add_default_connectors_to_learner_pipeline=False)
+        .training(lr=cfg.lr)
+        .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
+                                               action_space=act_space,
+                                               model_config={**SAMPLER_DEFAULTS, "model": cfg.model, "train": train}))
+        .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
+                         delay_between_env_runner_restarts_s=1.0)
+        .debugging(seed=int(cfg.seed))
+    )
+

@@ -1,0 +1,79 @@
+"""The RLModule of every algorithm here: a Moshi LM that the env runners sample with and the learner
+trains, plus (learner only) the frozen reference LM of the KL term.
+
+Log-probs in the loss: the policy is the temperature-scaled softmax over the WHOLE vocabulary
+(``temp_text`` for text, ``temp`` for audio), without the sampler's top-k truncation, for old, new and
+reference log-probs alike (as TRL and verl compute them): truncated log-probs are ``-inf`` for any
+token outside the current top-k, which makes the k3 KL to the reference infinite as soon as the
+policy drifts and the ratio undefined after the first epoch. The sampler still draws from its
+top-k; the untruncated log-prob of a drawn token differs from the truncated one by the log of the
+top-k mass, the same constant in numerator and denominator when the top-k set does not change.
+"""
+
+from __future__ import annotations
+
+import torch
+from duplexgym.agents.policies.checkpoint import load_policy_lm
+from duplexgym.agents.training.batch import AGENT_TOKENS, USER_CODES
+from duplexgym.agents.training.logprobs import token_logprobs
+from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+
+from duplexgym.constants import SAMPLER_DEFAULTS, TINY_MODEL
+
+
+class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
+    """A Moshi LM (``model_config["model"]``: ``"tiny"`` or a checkpoint folder) as an RLModule; the
+    learner's copy also holds the frozen reference LM (the same weights, never updated)."""
+
+    def setup(self):
+        self.lm = load_policy_lm(self.model_source())
+        if not self.inference_only:
+            self.ref_lm = load_policy_lm(self.model_source())
+            self.ref_lm.requires_grad_(False)
+
+    def model_source(self) -> str:
+        return (self.model_config or {}).get("model", TINY_MODEL)
+
+    def get_non_inference_attributes(self):
+        return ["ref_lm"]
+
+    def sampler(self) -> dict:
+        """The streaming sampler's temperatures and top-k (``model_config``, else :data:`SAMPLER_DEFAULTS`)."""
+        return {**SAMPLER_DEFAULTS, **{k: v for k, v in (self.model_config or {}).items() if k in SAMPLER_DEFAULTS}}
+
+    def train_settings(self) -> dict:
+        """The loss settings of the training config (``model_config["train"]``: clip_eps, kl_coef,
+        update_streams, advantage, epochs, gamma, lam, vf_coef), as ``algorithm_config`` puts them."""
+        return self.model_config["train"]
+
+    def logprobs(self, lm, batch) -> torch.Tensor:
+        """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``: the
+        sampler's temperatures, no top-k truncation (module docstring)."""
+        lm.eval()  # dropout-free, as the streaming sampler
+        s = self.sampler()
+        return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
+                              top_k_text=0, temp=s["temp"], top_k=0)
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint stores of this module: every tensor but the frozen reference
+        (rebuilt from ``model`` when the module is built again)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("ref_lm.")}
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load :meth:`checkpoint_state`'s tensors; ``ValueError`` naming a missing or unexpected one."""
+        want = set(self.checkpoint_state())
+        missing, unexpected = sorted(want - set(tensors)), sorted(set(tensors) - want)
+        if missing or unexpected:
+            raise ValueError(f"the checkpoint's module tensors do not fit this model: {len(missing)} missing "
+                             f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
+        self.load_state_dict(tensors, strict=False)
+
+    def _forward(self, batch, **kwargs):
+        """Acting goes through GroupEnvRunner's streaming MoshiAgent, never through this module."""
+        raise RuntimeError("MoshiRLModule does not act through RLlib's connectors: GroupEnvRunner "
+                           "samples with a streaming MoshiAgent")
+
+    def _forward_train(self, batch, **kwargs):
+        return {"logp": self.logprobs(self.lm, batch)}
+

@@ -1,0 +1,171 @@
+"""The env runner of group sampling: G rollouts of one segment with one batched streaming Moshi."""
+
+from __future__ import annotations
+
+import numpy as np
+from duplexgym.agents.policies.base import row_infos
+from duplexgym.agents.policies.checkpoint import with_lm
+from duplexgym.agents.training.batch import FORCED
+from duplexgym.agents.training.logprobs import sampled_logprob
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+#: The name the replay env is registered under with Ray Tune's registry.
+ENV_NAME = "duplexgym_replay"
+#: Env-runner state key (``get_state``/``set_state``): segment RNG and counters.
+SAMPLER_STATE = "group_sampler"
+
+
+def make_env(cfg: dict):
+    """The replay env of an env runner (codes observations, token actions) from its ``env_config``."""
+    from duplexgym.envs.replay import DuplexReplayEnv
+
+    return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
+                           axis_weights=cfg.get("axis_weights"), rewards=cfg.get("rewards"),
+                           obs_mode="codes", action_mode="tokens")
+
+
+class GroupEnvRunner(SingleAgentEnvRunner):
+    """Group rollouts: one segment per group, its ``num_envs_per_env_runner`` sub-envs replay it,
+    one batched streaming MoshiAgent acts for all rows. Only ``sample`` is overridden."""
+
+    _agent = None
+    _segment_rng = None
+    _groups_sampled = 0
+
+    def _sampling(self) -> dict:
+        return dict(self.config.env_config["sampling"])
+
+    def _module(self):
+        module = self.module
+        return module[DEFAULT_MODULE_ID] if hasattr(module, "keys") else module
+
+    def _get_agent(self):
+        if self._agent is None:
+            from duplexgym.agents.policies.moshi_agent import MoshiAgent
+
+            sampling = self._sampling()
+            # The agent streams with the RLModule's own LM: weight syncs (load_state_dict, in place)
+            # reach the sampler without rebuilding it.
+            module = self._module()
+            models = with_lm(module.model_source(), module.lm.eval())
+            seed = int(np.random.SeedSequence([sampling["seed"], 1, self.worker_index]).generate_state(1)[0])
+            sampler = module.sampler()
+            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **sampler)
+            self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
+            hook = self._agent.lm_gen.on_text_logits_hook
+            temp_text = float(sampler["temp_text"])
+
+            def capture(text_logits, hook=hook):
+                logits = text_logits[:, 0, 0].clone()  # before the agent's sampler edits them
+                hook(text_logits)
+                token = text_logits[:, 0, 0].argmax(dim=-1)  # the only finite logit left
+                # untruncated, as the learner computes them (module docstring)
+                self._text_logp = sampled_logprob(logits, token, temp_text, 0).cpu().numpy()
+
+            self._agent.lm_gen.on_text_logits_hook = capture
+            self._segment_rng = np.random.default_rng([sampling["seed"], 2, self.worker_index])
+            from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
+
+            env_config = self.config.env_config
+            corpus = ReplayCorpus(env_config["corpus"])
+            self._agent.check_codec(corpus.codec_id)  # the corpus codes must be the model's Mimi's
+            self._sampler = SegmentSampler(corpus, tuple(env_config["axes"]), env_config.get("axis_weights"),
+                                           env_config.get("segments"))
+        return self._agent
+
+    def sampler_state(self) -> dict:
+        """The segment schedule's state: the segment RNG, the group counter, the agent's episode
+        counter (its episode seeds derive from it). JSON-able; see :meth:`set_sampler_state`."""
+        agent = self._get_agent()
+        return {"worker_index": int(self.worker_index), "groups_sampled": int(self._groups_sampled),
+                "segment_rng": self._segment_rng.bit_generator.state,
+                "episodes_started": int(agent.episodes_started)}
+
+    def set_sampler_state(self, state: dict) -> None:
+        agent = self._get_agent()
+        self._groups_sampled = int(state["groups_sampled"])
+        self._segment_rng.bit_generator.state = state["segment_rng"]
+        agent.episodes_started = int(state["episodes_started"])
+
+    def get_state(self, components=None, *, not_components=None, **kwargs):
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        if self._agent is not None and self._check_component(SAMPLER_STATE, components, not_components):
+            state[SAMPLER_STATE] = self.sampler_state()
+        return state
+
+    def set_state(self, state) -> None:
+        super().set_state({k: v for k, v in state.items() if k != SAMPLER_STATE})
+        if SAMPLER_STATE in state:
+            self.set_sampler_state(state[SAMPLER_STATE])
+
+    def next_segment(self) -> str:
+        """The next group's segment, from this runner's seeded stream (axis by ``axis_weights``,
+        then uniformly: :class:`~duplexgym.envs.corpus.SegmentSampler`, as the env draws)."""
+        return self._sampler.draw(self._segment_rng).id
+
+    def sample(self, *, num_groups: int | None = None, **kwargs) -> list[SingleAgentEpisode]:
+        agent = self._get_agent()
+        n_groups = int(num_groups or self._sampling()["groups_per_runner"])
+        episodes: list[SingleAgentEpisode] = []
+        steps = 0
+        for _ in range(n_groups):
+            group_eps, n = self._sample_group(agent)
+            episodes.extend(group_eps)
+            steps += n
+        self._done_episodes_for_metrics.extend(episodes)
+        self._increase_sampled_metrics(steps, len(episodes))
+        return episodes
+
+    def _sample_group(self, agent):
+        G = self.num_envs
+        segment = self.next_segment()
+        group_id = f"w{self.worker_index}-g{self._groups_sampled}"
+        self._groups_sampled += 1
+        obs, infos = self._try_env_reset(options={"segment": segment})
+        infos = list(infos) if isinstance(infos, (list, tuple)) else row_infos(infos, G)
+        assert all(info["segment"] == segment for info in infos), "sub-envs must replay the group's segment"
+        agent.reset_batch(infos)
+        eps = []
+        for r in range(G):
+            e = SingleAgentEpisode(observation_space=self.env.single_observation_space,
+                                   action_space=self.env.single_action_space)
+            e.add_env_reset(observation=np.asarray(obs[r]), infos={k: v for k, v in infos[r].items() if k != "forced_prefix"})
+            e.custom_data.update(group=group_id, segment=segment, axis=infos[r]["axis"],
+                                 forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]))
+            eps.append(e)
+        k = int(infos[0]["forced_frames"])
+        t, done = 0, np.zeros(G, bool)
+        while not done.all():
+            previous = self._text_logp if t > 0 else None  # text of model frame t - 1 = env frame t
+            self._text_logp = None
+            actions = agent.act_batch(np.asarray(obs))
+            obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
+            step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
+            for r in range(G):
+                if done[r]:
+                    continue
+                ended = bool(terms[r] or truncs[r])
+                info = {key: v for key, v in step_infos[r].items() if key in ("frame", "forced", "reward_terms")}
+                eps[r].add_env_step(observation=np.asarray(obs[r]), action=actions[r], reward=float(rewards[r]),
+                                    infos=info, terminated=bool(terms[r]), truncated=bool(truncs[r]),
+                                    extra_model_outputs={FORCED: np.bool_(t < k), Columns.ACTION_LOGP: np.float32(
+                                        previous[r] if previous is not None else 0.0)})
+                done[r] = ended
+            t += 1
+        for e in eps:
+            e.custom_data["reward"] = float(e.get_return())
+            terms = e.get_infos(-1).get("reward_terms") or {}
+            axis_term = (terms.get("terms") or {}).get(e.custom_data["axis"])
+            e.custom_data["score"] = None if axis_term is None else float(axis_term["value"])
+            e.custom_data["failed"] = sorted(terms.get("failed") or {})
+        return [e.to_numpy() for e in eps], t * G
+
+    def stop(self):
+        if self._agent is not None:
+            self._agent.close()
+            self._agent = None
+        super().stop()
+
