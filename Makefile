@@ -10,7 +10,7 @@ setup:
 run: setup
 	.venv/bin/duplexgym corpus build synthetic --out runs/default-corpus --codec tiny
 	.venv/bin/duplexgym corpus stats runs/default-corpus
-	.venv/bin/duplexgym train --config configs/grpo_tiny.yaml
+	.venv/bin/duplexgym train --config configs/grpo_tiny.yaml --overwrite
 
 test: setup
 	.venv/bin/python -m pytest -q tests

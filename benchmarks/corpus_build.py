@@ -29,7 +29,6 @@ from duplexgym.corpora.segments import cut_segments
 from duplexgym.corpora.sources.stereo import stereo_sources
 from duplexgym.corpora.vad import VAD_RATE, speech_spans, to_vad_rate
 
-
 RESULTS = Path(__file__).parent / "results" / "corpus_build.json"
 
 
@@ -70,7 +69,7 @@ def main() -> int:
 
         root = Path(tempfile.gettempdir()) / f"duplexgym-bench-synthetic-{args.dialogues}"
         generate_corpus(root, seed=0, params=SyntheticParams(n_dialogues=args.dialogues))
-    dialogues = [src.load() for src in stereo_sources(root)]
+    dialogues = [src.load() for src in stereo_sources(root)[0]]
     track_h = sum(d.duration_s for d in dialogues) * len(SPEAKERS) / 3600
 
     ours(dialogues[:1])  # warm-up: model load, librosa/numba first calls

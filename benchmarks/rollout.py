@@ -28,7 +28,6 @@ import gymnasium as gym  # noqa: E402
 import torch  # noqa: E402
 from duplexgym.agents.policies.base import row_infos  # noqa: E402
 
-
 RESULTS = Path(__file__).parent / "results" / "rollout.json"
 FRAME_RATE = 12.5
 

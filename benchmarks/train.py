@@ -20,8 +20,8 @@ from duplexgym.runtime import configure_runtime
 configure_runtime()  # before torch and Ray are imported
 
 import argparse  # noqa: E402
-import os  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402

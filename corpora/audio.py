@@ -26,10 +26,11 @@ MIN_DURATION_S = 1.0
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
-def read_audio(path: str | Path, channels: int | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, channels: int | None = None, hint: str = "") -> tuple[np.ndarray, int]:
     """Read an audio file as float32 ``[C, N]`` at its own sample rate.
 
-    ``channels``: the channel count the caller needs (``None`` accepts any). Raises
+    ``channels``: the channel count the caller needs (``None`` accepts any); ``hint`` is added to
+    the message of a wrong channel count (what the caller expects the file to hold). Raises
     :class:`InputFileError` for a missing, empty, corrupt or truncated file, a wrong channel
     count, a sample rate outside the accepted range, or non-finite samples.
     """
@@ -46,9 +47,9 @@ def read_audio(path: str | Path, channels: int | None = None) -> tuple[np.ndarra
         _check_wav_not_truncated(path)
     if channels is not None and info.channels != channels:
         what = "mono" if info.channels == 1 else f"{info.channels}-channel"
-        raise InputFileError(
-            path, f"{what} audio, expected {channels} channels (one speaker per channel)"
-        )
+        want = "1 channel" if channels == 1 else f"{channels} channels"
+        raise InputFileError(path, f"{what} audio, expected {want}" + (f": {hint}" if hint else
+                                                                      " (one speaker per channel)"))
     if not MIN_INPUT_RATE <= info.samplerate <= MAX_INPUT_RATE:
         raise InputFileError(
             path,
@@ -80,10 +81,35 @@ def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndar
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def read_tracks(path: str | Path, channels: int) -> np.ndarray:
-    """Read a file and return float32 ``[channels, N]`` at 24 kHz, clipped to [-1, 1]."""
-    data, rate = read_audio(path, channels=channels)
+def read_tracks(path: str | Path, channels: int, hint: str = "") -> np.ndarray:
+    """Read a file and return float32 ``[channels, N]`` at 24 kHz, clipped to [-1, 1]
+    (``hint``: see :func:`read_audio`)."""
+    data, rate = read_audio(path, channels=channels, hint=hint)
     return np.clip(resample(data, rate), -1.0, 1.0)
+
+
+def write_audio(path: str | Path, data: np.ndarray, rate: int, **kwargs) -> Path:
+    """``soundfile.write`` into a temporary file beside ``path``, then renamed into place: a crash or
+    a full disk never leaves half a file under the real name. libsndfile reports write failures as a
+    bare "System error", so a failure becomes an ``OSError`` (``ENOSPC`` when the disk is full)
+    naming the file. ``kwargs``: ``subtype``, ``format`` as for ``soundfile.write``."""
+    import errno
+    import os
+    import shutil
+
+    path = Path(path)
+    fmt = kwargs.pop("format", None) or path.suffix.lstrip(".").upper()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        sf.write(str(tmp), data, rate, format=fmt, **kwargs)
+    except (sf.LibsndfileError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        if free < max(1 << 20, np.asarray(data).nbytes):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+        raise OSError(errno.EIO, f"could not write audio ({_libsndfile_reason(exc)})", str(path)) from None
+    os.replace(tmp, path)
+    return path
 
 
 def _libsndfile_reason(exc: Exception) -> str:

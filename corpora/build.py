@@ -30,6 +30,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import soundfile as sf
+from duplexgym.corpora.audio import write_audio
 from duplexgym.corpora.dialogue import SPEAKERS, Dialogue
 from duplexgym.corpora.errors import InputFileError, SourceError
 from duplexgym.corpora.events import (
@@ -109,6 +110,48 @@ def tqdm_progress(items: Iterable, desc: str, total: int) -> Iterable:
     return tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
+#: The mark of a folder that ``corpus build`` made: only such a folder (or a new or empty one) is
+#: written into, and only files its journals list are ever deleted.
+OWNER_NAME = ".duplexgym-corpus"
+
+
+def source_root(source: str, fmt: str) -> Path:
+    """The folder a source's files live in (a pairs listing's folder, else the source itself)."""
+    path = Path(source)
+    return path.parent if fmt == "pairs" and path.is_file() else path
+
+
+def claim_out(out: Path, source: Path | None) -> None:
+    """Make sure ``out`` can be written by this build, then mark it as a corpus folder.
+
+    Refused, with the reason: ``out`` is a file; ``out`` is the source folder, lies inside it (a
+    later build would read the segment files as dialogues) or contains it; ``out`` is a non-empty
+    folder that no corpus build made (nothing of the user's is ever overwritten or deleted). A
+    folder an earlier build made (its mark, or ``corpus.json`` and ``.work/`` of builds before the
+    mark existed) is resumed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SourceError(f"--out {out}: exists and is not a folder; pass a new or empty folder")
+    if source is not None and source.exists():
+        o, s = out.resolve(), source.resolve()
+        if o == s:
+            raise SourceError(f"--out {out} is the source folder itself: the build would write its segment files "
+                              "among your recordings; pass another (new or empty) folder")
+        if o.is_relative_to(s):
+            raise SourceError(f"--out {out} lies inside the source folder {source}: a later build would read its "
+                              "segment files as new dialogues; pass a folder outside the source")
+        if s.is_relative_to(o):
+            raise SourceError(f"--out {out} contains the source folder {source}; pass a folder outside it")
+    if out.is_dir() and any(out.iterdir()) and not (out / OWNER_NAME).is_file():
+        if not ((out / "corpus.json").is_file() and (out / ".work").is_dir()):
+            raise SourceError(f"--out {out}: the folder is not empty and was not made by `duplexgym corpus build` "
+                              f"(no {OWNER_NAME} in it); pass a new or empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / OWNER_NAME
+    if not marker.is_file():
+        _write_text(marker, json.dumps({"made_by": "duplexgym corpus build", "build_version": BUILD_VERSION}) + "\n")
+
+
 def infer_format(source: str) -> str:
     """The format of ``source`` when none is given (``synthetic`` for the literal name)."""
     path = Path(source)
@@ -116,6 +159,10 @@ def infer_format(source: str) -> str:
         return "synthetic"
     if path.is_file() and path.suffix == ".jsonl":
         return "pairs"
+    if path.is_file():
+        raise SourceError(f"{source}: a single file is not a corpus source; put the recording(s) in a folder (the "
+                          "stereo format reads 2-channel wav/flac files) and pass the folder, or pass a pairs "
+                          ".jsonl listing")
     if path.is_dir():
         if any(path.glob("*/input.wav")) or any(path.glob("*/*/input.wav")):
             return "fdb1"
@@ -134,9 +181,9 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     fmt = options.format or infer_format(source)
     if options.dialogues is not None and fmt != "synthetic":
         raise SourceError("--dialogues applies to the synthetic format only")
-    out.mkdir(parents=True, exist_ok=True)
+    mimi = _load_codec(options.codec)  # fail on a bad --codec before anything is written
+    claim_out(out, None if fmt == "synthetic" else source_root(source, fmt))
     summary = BuildSummary(out=str(out), format=fmt)
-    mimi = _load_codec(options.codec)  # fail on a bad --codec before any work
 
     if fmt == "fdb1":
         candidates, loaders, fingerprints = _fdb1_candidates(Path(source), summary)
@@ -156,7 +203,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
 
     _write_text(out / "events.jsonl", "".join(line + "\n" for line in events_lines))
     write_manifest(out, selected)
-    _remove_orphans(out, selected)
+    _remove_orphans(out, selected)  # only files of this folder's own journals
     summary.seconds = round(time.perf_counter() - t0, 3)
     info = {
         "build_version": BUILD_VERSION,
@@ -182,14 +229,15 @@ def _dialogue_sources(source: str, fmt: str, out: Path, options: BuildOptions, s
 
         n = options.dialogues or DEFAULT_SYNTHETIC_DIALOGUES
         generate_corpus(out / "source", seed=0, params=SyntheticParams(n_dialogues=n))
-        return stereo_sources(out / "source")
+        return stereo_sources(out / "source")[0]
     root = Path(source)
     if fmt == "stereo":
         from duplexgym.corpora.sources.stereo import stereo_sources
 
         if not root.is_dir():
             raise SourceError(f"{root}: the stereo format needs a folder of 2-channel wav/flac files")
-        sources = stereo_sources(root)
+        sources, refused = stereo_sources(root)
+        summary.skipped.extend({"file": e.path, "reason": e.problem} for e in refused)
         if not sources:
             raise SourceError(f"{root}: no .wav or .flac files found")
         return sources
@@ -350,9 +398,7 @@ def _write_audio(selected: list[Segment], loaders: dict, fingerprints: dict[str,
                 ref = dialogue.track(seg.reference)[lo : lo + n]
                 clip[: len(user), 0] = user
                 clip[: len(ref), 1] = ref
-                tmp = audio_dir / f".{seg.id}.tmp.flac"
-                sf.write(str(tmp), clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-                os.replace(tmp, audio_dir / f"{seg.id}.flac")
+                write_audio(audio_dir / f"{seg.id}.flac", clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
                 journal.add(seg.id, _segment_key(seg, fingerprints[did]))
     finally:
         journal.close()
@@ -371,9 +417,7 @@ def _load_codec(spec: str | None):
 
     try:
         return load_mimi(spec)
-    except SourceError:
-        raise
-    except (OSError, ValueError) as exc:
+    except (SourceError, OSError, ValueError) as exc:
         raise SourceError(f"--codec {spec}: {exc}") from None
 
 
@@ -462,14 +506,20 @@ class _Journal:
 
 
 def _remove_orphans(out: Path, selected: list[Segment]) -> None:
-    """Drop audio/codes of segments no longer in the manifest (e.g. after a smaller --per-axis)."""
+    """Drop the audio/codes of segments no longer in the manifest (e.g. after a smaller --per-axis):
+    only files this folder's journals say the build wrote; nothing else is ever deleted."""
     keep = {s.id for s in selected}
-    for sub, suffix in (("audio", ".flac"), ("codes", ".npz")):
-        folder = out / sub
-        if folder.is_dir():
-            for f in folder.glob(f"*{suffix}"):
-                if f.name[: -len(suffix)] not in keep:
-                    f.unlink()
+    for sub, suffix, journal_name in (("audio", ".flac", "audio.journal"), ("codes", ".npz", "codes.journal")):
+        journal = _Journal(out / ".work" / journal_name)
+        journal.close()
+        for sid in set(journal.entries) - keep:
+            path = out / sub / f"{sid}{suffix}"
+            if path.is_file():
+                path.unlink()
+        for sid in set(journal.entries) | keep:  # half-written files of an interrupted write
+            for tmp in [out / sub / f".{sid}.tmp{suffix}", *(out / sub).glob(f".{sid}{suffix}.*.tmp")]:
+                if tmp.is_file():
+                    tmp.unlink()
 
 
 def _options_json(options: BuildOptions) -> dict:

@@ -38,36 +38,39 @@ from dataclasses import asdict, dataclass
 from typing import Iterable, Union
 
 from duplexgym.corpora.dialogue import SPEAKERS, Word, other_speaker
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from duplexgym.config import STRICT, Integer, Number
 
 Span = tuple[float, float]
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(config=STRICT)
 class DetectionParams:
     """Thresholds of the event rules (module docstring), all in seconds except word counts."""
 
-    min_pause_s: float = 0.5
-    max_pause_s: float = 5.0
-    max_turn_gap_s: float = 3.0
-    max_shift_overlap_s: float = 0.4
-    backchannel_max_s: float = 1.0
-    backchannel_max_words: int = 2
-    backchannel_isolation_s: float = 1.0
-    backchannel_holder_gap_s: float = 0.4
-    backchannel_holder_resume_s: float = 1.0
-    backchannel_holder_after_s: float = 0.3
-    interruption_max_stop_s: float = 2.0
-    interruption_min_prior_s: float = 1.0
-    interruption_min_hold_s: float = 0.5
+    min_pause_s: Number = Field(0.5, ge=0)
+    max_pause_s: Number = Field(5.0, ge=0)
+    max_turn_gap_s: Number = Field(3.0, ge=0)
+    max_shift_overlap_s: Number = Field(0.4, ge=0)
+    backchannel_max_s: Number = Field(1.0, ge=0)
+    backchannel_max_words: Integer = Field(2, ge=0)
+    backchannel_isolation_s: Number = Field(1.0, ge=0)
+    backchannel_holder_gap_s: Number = Field(0.4, ge=0)
+    backchannel_holder_resume_s: Number = Field(1.0, ge=0)
+    backchannel_holder_after_s: Number = Field(0.3, ge=0)
+    interruption_max_stop_s: Number = Field(2.0, ge=0)
+    interruption_min_prior_s: Number = Field(1.0, ge=0)
+    interruption_min_hold_s: Number = Field(0.5, ge=0)
 
-    def __post_init__(self):
-        for name, value in asdict(self).items():
-            if value < 0:
-                raise ValueError(f"DetectionParams.{name} must be >= 0, got {value}")
+    @model_validator(mode="after")
+    def _ordered(self):
         if self.min_pause_s > self.max_pause_s:
-            raise ValueError("DetectionParams.min_pause_s must be <= max_pause_s")
+            raise ValueError("min_pause_s must be <= max_pause_s")
         if self.max_shift_overlap_s > self.interruption_max_stop_s:
-            raise ValueError("DetectionParams.max_shift_overlap_s must be <= interruption_max_stop_s")
+            raise ValueError("max_shift_overlap_s must be <= interruption_max_stop_s")
+        return self
 
 
 @dataclass(frozen=True)

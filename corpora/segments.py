@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 
 from duplexgym.corpora.dialogue import Word, other_speaker
 from duplexgym.corpora.events import Backchannel, Event, Interruption, Pause, TurnShift
 from duplexgym.corpora.manifest import Segment
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from duplexgym.config import STRICT, Number
 from duplexgym.constants import AXES, FRAME_S
 
 AXIS_OF_EVENT = {"pause": "pause", "turn": "turn", "backchannel": "backchannel", "interruption": "interruption"}
@@ -45,27 +47,26 @@ BACKCHANNEL_MAX_S = 1.0
 START_GRID_S = 0.01
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(config=STRICT)
 class SegmentParams:
     """Segment windows, in seconds."""
 
-    context_s: float = 4.0
-    pause_after_s: float = 2.0
-    pause_turn_end_max_s: float = 6.0
-    turn_window_s: float = 4.0
-    backchannel_after_s: float = 2.0
-    interruption_prefix_max_s: float = 4.0
-    interruption_prefix_min_s: float = 1.0
-    interruption_after_s: float = 3.0
-    max_segment_s: float = 30.0
-    min_segment_s: float = 2.0
+    context_s: Number = Field(4.0, ge=0)
+    pause_after_s: Number = Field(2.0, ge=0)
+    pause_turn_end_max_s: Number = Field(6.0, ge=0)
+    turn_window_s: Number = Field(4.0, ge=0)
+    backchannel_after_s: Number = Field(2.0, ge=0)
+    interruption_prefix_max_s: Number = Field(4.0, ge=0)
+    interruption_prefix_min_s: Number = Field(1.0, ge=0)
+    interruption_after_s: Number = Field(3.0, ge=0)
+    max_segment_s: Number = Field(30.0, ge=0)
+    min_segment_s: Number = Field(2.0, ge=0)
 
-    def __post_init__(self):
-        for name in self.__dataclass_fields__:
-            if getattr(self, name) < 0:
-                raise ValueError(f"SegmentParams.{name} must be >= 0, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _ordered(self):
         if self.min_segment_s > self.max_segment_s:
-            raise ValueError("SegmentParams.min_segment_s must be <= max_segment_s")
+            raise ValueError("min_segment_s must be <= max_segment_s")
+        return self
 
 
 def cut_segments(

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 from duplexgym.corpora.audio import resample
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from duplexgym.config import STRICT, Integer, Number
 from duplexgym.constants import SAMPLE_RATE
 
 #: silero VAD's input rate in Hz.
@@ -37,7 +40,7 @@ BATCH_ROWS = 64
 MODEL_ID = "silero-vad-6.2.3-jit/block256+32/b64"
 
 
-@dataclass(frozen=True)
+@pydantic_dataclass(config=STRICT)
 class VadParams:
     """Turning speech probabilities into spans (silero / Full-Duplex-Bench defaults).
 
@@ -47,21 +50,17 @@ class VadParams:
     ``speech_pad_ms``: padding added on each side of a span.
     """
 
-    threshold: float = 0.5
-    neg_threshold: float | None = None
-    min_speech_ms: int = 250
-    min_silence_ms: int = 100
-    speech_pad_ms: int = 30
+    threshold: Number = Field(0.5, gt=0, lt=1)
+    neg_threshold: Number | None = Field(None, gt=0, lt=1)
+    min_speech_ms: Integer = Field(250, ge=0)
+    min_silence_ms: Integer = Field(100, ge=0)
+    speech_pad_ms: Integer = Field(30, ge=0)
 
-    def __post_init__(self):
-        if not isinstance(self.threshold, (int, float)) or not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"VadParams.threshold must be in (0, 1), got {self.threshold!r}")
-        if self.neg_threshold is not None and (not isinstance(self.neg_threshold, (int, float))
-                                               or not 0.0 < self.neg_threshold < self.threshold):
-            raise ValueError(f"VadParams.neg_threshold must be None or in (0, threshold), got {self.neg_threshold!r}")
-        for name in ("min_speech_ms", "min_silence_ms", "speech_pad_ms"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"VadParams.{name} must be >= 0, got {getattr(self, name)}")
+    @model_validator(mode="after")
+    def _neg_below_threshold(self):
+        if self.neg_threshold is not None and not self.neg_threshold < self.threshold:
+            raise ValueError(f"neg_threshold ({self.neg_threshold:g}) must be below threshold ({self.threshold:g})")
+        return self
 
 
 Span = tuple[float, float]

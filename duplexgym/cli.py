@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
@@ -52,7 +53,7 @@ def _rollout(args) -> int:
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     summary = rollout(args.env, args.corpus, args.agent, args.episodes, args.seed, args.out, kwargs,
-                      progress=not args.quiet)
+                      progress=not args.quiet, overwrite=args.overwrite)
     _print_summary(summary, args.json)
     return 0
 
@@ -68,6 +69,10 @@ def _print_summary(summary: dict, as_json: bool) -> None:
     for axis, entry in summary["by_axis"].items():
         extra = ", ".join(f"{k} {v:.3f}" for k, v in entry.items() if k.startswith("fdb_"))
         print(f"  {axis:<13}{entry['episodes']:>5} episodes  reward {entry['reward_mean']:+.3f}  {extra}")
+    if summary.get("activity_readers"):
+        print("  activity read with: " + ", ".join(f"{r} ({n} records)" for r, n in summary["activity_readers"].items()))
+    for note in summary.get("notes") or ():
+        print(f"  note: {note}")
 
 
 def _eval(args) -> int:
@@ -97,13 +102,18 @@ def _rescore(args) -> int:
 def _replay(args) -> int:
     from duplexgym.agents.evaluation.replay import replay_check
 
-    result = replay_check(args.episode)
+    judge = None
+    if args.judge_url is not None:
+        judge = {"base_url": args.judge_url, "model": args.judge_model}
+    result = replay_check(args.episode, judge=judge)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
         print(("OK" if result["ok"] else "MISMATCH") + f": {result['episode']} ({result['steps']} steps)")
         for m in result["mismatches"]:
             print(f"  {m}")
+        for note in result["notes"]:
+            print(f"  note: {note}")
     return 0 if result["ok"] else 1
 
 
@@ -114,32 +124,47 @@ def _train(args) -> int:
     from duplexgym.agents.training.config import load_train_config
 
     cfg = load_train_config(args.config)  # validated before Ray is imported or started
-    from duplexgym.agents.training.run import format_iteration, run_training
+    from duplexgym.agents.training.checkpoints import check_resume
+    from duplexgym.agents.training.run import format_iteration, prepare_run_folder, resume_hint, run_training
 
     if args.resume is not None:
-        from duplexgym.agents.training.run import check_resume
-
-        check_resume(cfg, args.resume)  # before Ray starts
-    if not args.json:
-        summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True),
-                               resume=args.resume)
-        print(f"wrote {summary['files']['metrics']}, {summary['files']['config']}, "
-              f"{summary['files']['reward_curve']}, {summary['files']['policy']} [{summary['wall_s']:.1f} s]")
-        return 0
-    # --json: stdout holds the one JSON object; whatever Ray, RLlib or native code print goes to stderr
-    sys.stdout.flush()
-    saved = os.dup(1)
+        check_resume(cfg, args.resume, args.trust_pickled_checkpoint)  # before Ray starts
+    prepare_run_folder(cfg, args.resume, args.overwrite, cfg_path=args.config)  # likewise
+    run = dict(resume=args.resume, overwrite=args.overwrite, trust_pickled_checkpoint=args.trust_pickled_checkpoint)
+    log = sys.stderr if args.json else sys.stdout
     try:
-        os.dup2(2, 1)
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations),
-                                                                     file=sys.stderr, flush=True),
-                                   resume=args.resume)
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-    print(json.dumps(summary, sort_keys=True))
+        if not args.json:
+            summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True),
+                                   **run)
+        else:  # stdout holds the one JSON object; whatever Ray, RLlib or native code print goes to stderr
+            sys.stdout.flush()
+            saved = os.dup(1)
+            try:
+                os.dup2(2, 1)
+                with contextlib.redirect_stdout(sys.stderr):
+                    summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations),
+                                                                             file=sys.stderr, flush=True), **run)
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+                os.close(saved)
+    except KeyboardInterrupt:
+        print(f"duplexgym: interrupted; the run in {cfg.out} keeps every finished iteration; "
+              f"{resume_hint(args.config, cfg.out)}", file=sys.stderr)
+        return 130
+    except OSError as exc:  # a full disk while writing a checkpoint, say: the earlier ones are whole
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"duplexgym: error: {exc.strerror or exc}{where}; the run in {cfg.out} keeps every finished "
+              f"iteration; {resume_hint(args.config, cfg.out)}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    files = summary["files"]
+    print(f"wrote {files['metrics']}, {files['config']}, {files['reward_curve']}, {files['policy']} "
+          f"[{summary['wall_s']:.1f} s]", file=log)
+    for line in summary.get("logs", ()):
+        print(f"  {line}", file=log)
     return 0
 
 
@@ -208,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--episodes", type=int, required=True, help="how many episodes to run (>= 1)")
     roll.add_argument("--seed", type=int, default=0, help="seed of the first reset; later episodes continue its stream")
     roll.add_argument("--out", required=True, help="the run folder to write (new or empty)")
+    roll.add_argument("--overwrite", action="store_true",
+                      help="replace an earlier rollout in --out (its rollout.json and episode records only)")
     roll.add_argument("--obs-mode", dest="obs_mode", choices=["codes", "waveform"], default=None,
                       help="what the agent hears: the user's Mimi codes or samples (" + MODES_HELP + ")")
     roll.add_argument("--action-mode", dest="action_mode", choices=["tokens", "waveform"], default=None,
@@ -247,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
                "step's reward, the final reward terms and every stored array. Exit status 1 on a mismatch.")
     rep.add_argument("episode", help="an episode record (NAME.json, NAME.npz or NAME)")
     rep.add_argument("--check", action="store_true", help="compare with the record (what replay always does)")
+    rep.add_argument("--judge-url", dest="judge_url", default=None,
+                     help="re-judge LLM-judged terms on this OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1; "
+                          "key from the params' api_key_env); none: such terms are taken from the record, whose "
+                          "server is never contacted")
+    rep.add_argument("--judge-model", dest="judge_model", default=None,
+                     help="the model name on --judge-url; none: the record's")
     _json_quiet(rep, quiet=False)
     rep.set_defaults(func=_replay)
 
@@ -256,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", required=True, help="the training config YAML (see configs/grpo_tiny.yaml)")
     tr.add_argument("--resume", default=None, metavar="CHECKPOINT",
                     help="continue from OUT/checkpoints/iter_XXXX up to the config's iterations (a total)")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="start over in a run folder that holds an earlier run (its outputs are removed first)")
+    tr.add_argument("--trust-pickled-checkpoint", dest="trust_pickled_checkpoint", action="store_true",
+                    help="let --resume read a checkpoint in RLlib's own format, whose .pkl files can run code when "
+                         "loaded: only for checkpoints you made yourself")
     tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
     tr.set_defaults(func=_train)
     return parser
@@ -283,8 +321,16 @@ def main(argv: list[str] | None = None) -> int:
     except (CorpusError, ValueError, FileNotFoundError, gym_errors()) as exc:
         print(f"duplexgym: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the machine's, not the input's: a full disk, a folder without write permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        again = ("; free space and rerun the same command: finished work is kept"
+                 if exc.errno == errno.ENOSPC else "")
+        print(f"duplexgym: error: {exc.strerror or exc}{where}{again}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("duplexgym: interrupted; rerun the same command to resume", file=sys.stderr)
+        again = {"corpus": "rerun the same command to resume the build"}.get(getattr(args, "command", ""),
+                                                                              "nothing was resumed")
+        print(f"duplexgym: interrupted; {again}", file=sys.stderr)
         return 130
 
 

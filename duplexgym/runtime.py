@@ -17,6 +17,11 @@ variable                 value        why
 ``HF_HUB_OFFLINE``,      ``1``        nothing is ever downloaded from a hub (the embedding judge
 ``TRANSFORMERS_OFFLINE``              loads its model from a local folder)
 ``RAY_AUTH_MODE``        ``disabled`` a local Ray needs no token
+``RAY_USAGE_STATS_``     ``0``,       no usage reports to Ray's, MLflow's or W&B's servers (MLflow
+``ENABLED``,             ``true``,    3 sends telemetry unless told not to; W&B's service reports
+``MLFLOW_DISABLE_``      ``false``    its own errors); :func:`telemetry_off` applies just these
+``TELEMETRY``,
+``WANDB_ERROR_REPORTING``
 ``OMP_NUM_THREADS``,     ``threads``  only when ``threads`` is given (the one-core benchmarks);
 ``MKL_NUM_THREADS``,                  the thread pools of libraries already loaded (numpy's BLAS,
 ``OPENBLAS_NUM_THREADS``              OpenMP; torch) are limited too, with threadpoolctl
@@ -25,6 +30,7 @@ variable                 value        why
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -37,6 +43,9 @@ DEFAULTS = {
     "TRANSFORMERS_OFFLINE": "1",
     "RAY_AUTH_MODE": "disabled",
 }
+#: Usage reports of the libraries training may load, off unless the user turned them on.
+TELEMETRY_OFF = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", "WANDB_ERROR_REPORTING": "false"}
+DEFAULTS.update(TELEMETRY_OFF)
 #: The thread-count variables set by ``configure_runtime(threads=n)``.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -72,3 +81,27 @@ def ray_runtime_env() -> dict:
     """Ray's ``runtime_env`` for duplexgym's workers: the variables of :func:`configure_runtime`
     as this process has them (the user's own values included), so every actor starts alike."""
     return {"env_vars": configure_runtime()}
+
+
+def telemetry_off() -> None:
+    """Apply :data:`TELEMETRY_OFF` where the user set nothing (the tracking integrations call it
+    before they import MLflow or start W&B's service)."""
+    for name, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def temporary_environ(keep: tuple[str, ...] = (), **values: str):
+    """Set ``values`` in ``os.environ`` for the block; afterwards those and the ``keep`` variables are
+    as before (for libraries that read settings only from the environment, or leave some behind)."""
+    names = set(keep) | set(values)
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -33,6 +33,9 @@ from duplexgym.constants import (
 #: transcript is not tokenized here).
 FORCED_SPEECH_TOKEN = 4
 OBS_MODES = ("codes", "waveform")
+#: Keys of ``reset(options=...)``: ``segment`` (an id to replay), ``stored_terms`` (reward terms to
+#: take from a saved record instead of computing them: replays of judged episodes).
+RESET_OPTIONS = {"segment", "stored_terms"}
 ACTION_MODES = ("tokens", "waveform")
 
 
@@ -86,7 +89,8 @@ class DuplexReplayEnv(gym.Env):
 
     ## Starting State
     A segment drawn with ``self.np_random`` (axis by ``axis_weights``, then uniformly), or the one
-    named by ``reset(options={"segment": id})``. Interruption episodes start with the agent already
+    named by ``reset(options={"segment": id})`` (``options["stored_terms"]``: reward terms taken from a
+    saved record instead of computed, as ``duplexgym replay`` does for judged terms). Interruption episodes start with the agent already
     speaking: for the first ``info["forced_frames"]`` frames the env plays the human reference as
     the agent's output whatever the action, gives those frames in ``info["forced_prefix"]`` (a
     :class:`ForcedPrefix`: ``.action`` ``[k, 9]`` tokens or ``[k, 1920]`` waveform, ``.audio``
@@ -219,6 +223,7 @@ class DuplexReplayEnv(gym.Env):
         self._t = -1
         self._n = 0
         self._segment: Segment | None = None
+        self._stored_terms: dict | None = None
         self._config = self.config()
 
     # -- episode set-up ---------------------------------------------------------------------
@@ -227,9 +232,10 @@ class DuplexReplayEnv(gym.Env):
         super().reset(seed=seed)
         self._seed = seed
         options = options or {}
-        unknown = set(options) - {"segment"}
+        unknown = set(options) - RESET_OPTIONS
         if unknown:
-            raise ValueError(f"reset options: unknown key {sorted(unknown)[0]!r}; known: 'segment'")
+            raise ValueError(f"reset options: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(RESET_OPTIONS))}")
+        self._stored_terms = options.get("stored_terms")
         if options.get("segment") is not None:
             seg = self.corpus.by_id.get(options["segment"])
             if seg is None or seg.axis not in self._by_axis:
@@ -365,7 +371,7 @@ class DuplexReplayEnv(gym.Env):
     def _finish(self, dense_last: float, info: dict) -> float:
         dense_total = float(self._rewards[: self._n - 1].sum()) + dense_last
         record = self._make_record()
-        terms = score_episode(record, self.reward_spec, dense_total)
+        terms = score_episode(record, self.reward_spec, dense_total, stored=self._stored_terms)
         self._record = EpisodeRecord(**{**record.__dict__, "reward_terms": terms})
         info["reward_terms"] = terms
         return terms["reward"]

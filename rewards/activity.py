@@ -16,32 +16,31 @@ All times are episode seconds (0 = the segment start).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 
 import numpy as np
 from duplexgym.corpora.vad import VadParams
 from duplexgym.rewards.fdb import AgentSpeech
 from duplexgym.rewards.record import EpisodeRecord
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from duplexgym.config import STRICT, Number, choice
 from duplexgym.constants import FRAME_S, SAMPLE_RATE, TEXT_PAD_IDS
 
 READERS = ("vad", "text")
+Reader = choice(*READERS)
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class ActivityParams:
-    """How the agent's speech is read. ``reader``: ``"vad"`` or ``"text"``; the rest per reader."""
+    """How the agent's speech is read. ``reader``: ``"vad"`` or ``"text"``; the rest per reader:
+    ``word_s`` (text: seconds one token lasts), ``merge_gap_s`` (text: words closer than this form
+    one span, s), ``vad`` (silero's post-processing)."""
 
-    reader: str = "vad"
-    word_s: float = 0.4
-    merge_gap_s: float = 0.1
-    vad: VadParams = field(default_factory=VadParams)
-
-    def __post_init__(self):
-        if self.reader not in READERS:
-            raise ValueError(f"activity reader must be one of {READERS}, got {self.reader!r}")
-        if self.word_s <= 0 or self.merge_gap_s < 0:
-            raise ValueError("ActivityParams.word_s must be > 0 and merge_gap_s >= 0")
+    reader: Reader = "vad"
+    word_s: Number = Field(0.4, gt=0)
+    merge_gap_s: Number = Field(0.1, ge=0)
+    vad: VadParams = Field(default_factory=VadParams)
 
 
 def speech_from_text(tokens: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:

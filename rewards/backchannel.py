@@ -15,24 +15,21 @@ distance of the timing histograms against the human's), ``precision``, ``recall`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, backchannel_metrics, backchannel_segments
 from duplexgym.rewards.terms import RewardTerm, frame_mask, rel
-from duplexgym.rewards.terms import check_params as _check
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from duplexgym.config import STRICT, Number
 from duplexgym.constants import FRAME_S
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class BackchannelParams:
     """Seconds."""
 
-    match_s: float = 0.6
-
-    def __post_init__(self):
-        _check(self)
+    match_s: Number = Field(0.6, ge=0)
 
 
 def score(speech: AgentSpeech, segment: Segment, p: BackchannelParams = BackchannelParams()) -> RewardTerm:

@@ -16,8 +16,6 @@ the interruption end), ``stop_latency_s`` (onset -> end of the agent speech runn
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, interruption_metrics
 from duplexgym.rewards.terms import (
@@ -29,23 +27,22 @@ from duplexgym.rewards.terms import (
     rel,
     seconds,
 )
-from duplexgym.rewards.terms import check_params as _check
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from duplexgym.config import STRICT, Number
 from duplexgym.constants import FRAME_S
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class InterruptionParams:
     """Seconds, except ``stop_weight``."""
 
-    stop_grace_s: float = 1.0
-    talk_over_max_s: float = 1.5
-    respond_early_s: float = 0.4
-    respond_late_s: float = 2.5
-    stop_weight: float = 0.5
-
-    def __post_init__(self):
-        _check(self, shares=("stop_weight",), positive=("talk_over_max_s",))
+    stop_grace_s: Number = Field(1.0, ge=0)
+    talk_over_max_s: Number = Field(1.5, gt=0)
+    respond_early_s: Number = Field(0.4, ge=0)
+    respond_late_s: Number = Field(2.5, ge=0)
+    stop_weight: Number = Field(0.5, ge=0, le=1)
 
 
 def score(speech: AgentSpeech, segment: Segment, p: InterruptionParams = InterruptionParams()) -> RewardTerm:

@@ -2,8 +2,8 @@
 
 vLLM, llama.cpp's server, Ollama and hosted APIs all speak the protocol: one
 ``POST {base_url}/chat/completions`` with ``{"model", "messages", "temperature": 0, "seed": 0}``
-(greedy and seeded, so a rating is reproducible and worth caching). Standard library only
-(``urllib``).
+(greedy and seeded, so a rating is reproducible and worth caching), sent with the official
+``openai`` client (imported on first use, so importing :mod:`duplexgym.rewards.quality` stays light).
 
 The prompt
 ----------
@@ -30,8 +30,16 @@ taken as the score).
 
 Transport
 ---------
-- ``timeout_s`` is urllib's socket timeout: it bounds the connect and each read.
-- Retried with exponential backoff (``backoff_s * 2**k``, k = 0, 1, ...; a 429's numeric
+- The client: ``openai.AsyncOpenAI(base_url=..., api_key=..., timeout=timeout_s, max_retries=0)``,
+  one per attempt, awaited inside ``asyncio.wait_for(..., timeout_s)`` in an event loop of its own
+  (``asyncio.run``; a helper thread when the caller already runs a loop). Why the async client:
+  ``timeout_s`` bounds the **whole attempt** (connect, send, and reading the whole reply), and the
+  library's timeouts (httpx2's connect/read/write/pool) bound each socket operation only, so a server
+  that sends one byte every 0.5 s holds a sync call as long as it likes. Cancelling the awaited call
+  at the deadline is the way both libraries offer to bound a whole request; it closes the
+  connection. An attempt thus ends within ``timeout_s`` plus a few milliseconds, and counts as a
+  timeout. The client does no retries of its own (``max_retries=0``): the loop below does them.
+- Retried with exponential backoff (``backoff_s * 2**k``, k = 0, 1, ...; a 429's or 5xx's numeric
   ``Retry-After`` is honoured up to :data:`MAX_RETRY_AFTER_S`) on timeouts, connection errors,
   HTTP 5xx and 429; never on other 4xx, a body that is not a chat completion, or a reply without
   a score. At most ``1 + max_retries`` attempts.
@@ -42,25 +50,28 @@ Transport
   URL is not part of the key), written atomically (temp file + ``os.replace``). A cached rating
   is returned without any request; an unreadable cache file counts as a miss and is rewritten.
 - The API key is read from the environment variable named by ``api_key_env`` at call time and
-  sent as ``Authorization: Bearer ...`` (no header when the variable is unset or empty). It is
-  never stored in params, records, cache files or logs, and it is scrubbed from every error
-  message (a server may echo headers back in an error body).
+  sent as ``Authorization: Bearer ...`` (no header when the variable is unset or empty; a key
+  with characters a header cannot carry is refused before any request). It is never stored in
+  params, records, cache files or logs, and it is scrubbed from every error message and reply
+  (a server may echo headers back in an error body). The judge's server is not OpenAI's: the
+  client's own environment settings (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``OPENAI_ORG_ID``,
+  ``OPENAI_PROJECT_ID``, the headers in ``OPENAI_CUSTOM_HEADERS``) never reach it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
 import logging
 import os
 import re
-import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.client import HTTPException
 from pathlib import Path
 
 from duplexgym.rewards.quality import JudgeError, QualityParams
@@ -80,6 +91,8 @@ SCORE_MIN, SCORE_MAX = 0.0, 5.0
 #: How much of an error body goes into an error message (characters).
 ERROR_BODY_CHARS = 300
 CACHE_VERSION = 1
+#: The client wants some key; this one goes nowhere (the Authorization header is set per request).
+_NO_KEY = "no-key"
 
 # --- the prompt -----------------------------------------------------------------------------
 
@@ -301,20 +314,16 @@ def rate(context: str, turn: str, response: str, params: QualityParams, axis: st
             return Rating(hit, cached=True, attempts=0)
     secret = os.environ.get(params.api_key_env, "").strip()
     scrub = _scrubber(secret)
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if secret:
-        if not (secret.isascii() and secret.isprintable()):
-            raise _failed(f"openai judge: the API key in ${params.api_key_env} holds characters an HTTP "
-                          "header cannot carry (a line break or non-ASCII text?); set it to the bare key", 0)
-        headers["Authorization"] = f"Bearer {secret}"
-    body = json.dumps({"model": model, "messages": messages, "temperature": TEMPERATURE, "seed": SEED}).encode()
+    if secret and not (secret.isascii() and secret.isprintable()):
+        raise _failed(f"openai judge: the API key in ${params.api_key_env} holds characters an HTTP "
+                      "header cannot carry (a line break or non-ASCII text?); set it to the bare key", 0)
     sem = _semaphore(url, params.max_concurrency)
     attempts = 0
     while True:
         attempts += 1
         try:
             with sem:
-                reply = _post(url, body, headers, params.timeout_s, scrub)
+                reply = _attempt(url, model, messages, secret, params.timeout_s, scrub)
             value = parse_score(reply)
             break
         except _Retryable as exc:
@@ -357,45 +366,87 @@ _HINTS = {
 }
 
 
-def _post(url: str, body: bytes, headers: dict, timeout_s: float, scrub) -> str:
-    """One attempt: the reply text, or _Retryable / JudgeError (messages passed through ``scrub``)."""
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+def _attempt(url: str, model: str, messages: list[dict], secret: str, timeout_s: float, scrub) -> str:
+    """One attempt, bounded as a whole by ``timeout_s``: the reply text, or _Retryable / JudgeError
+    (messages passed through ``scrub``)."""
+    import httpx2  # the client's transport: only for its error on a malformed URL
+    import openai
+
+    base_url = url.removesuffix("/chat/completions")
+    headers = _headers(secret)
+
+    async def call():
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=secret or _NO_KEY, timeout=timeout_s, max_retries=0,
+                                    http_client=openai.DefaultAsyncHttpxClient(verify=_ssl_context()))
+        async with client:
+            request = client.chat.completions.with_raw_response.create(
+                model=model, messages=messages, temperature=TEMPERATURE, seed=SEED, extra_headers=headers)
+            return await asyncio.wait_for(request, timeout_s)
+
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
-            raw = resp.read()
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = exc.read(ERROR_BODY_CHARS * 4).decode("utf-8", "replace")
-        except (OSError, HTTPException):
-            detail = ""
-        detail = scrub(_snippet(" ".join(detail.split()), ERROR_BODY_CHARS))
-        message = f"HTTP {exc.code} {exc.reason}" + (f": {detail}" if detail else "")
-        if exc.code == 429 or exc.code >= 500:
-            raise _Retryable(message, _retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
-        hint = _HINTS.get(exc.code)
+        raw = _run(call)
+    except asyncio.TimeoutError:
+        raise _Retryable(f"timed out after {timeout_s:g} s (the whole attempt: connect, send, read the reply)") from None
+    except openai.APITimeoutError as exc:
+        raise _Retryable(f"timed out after {timeout_s:g} s ({type(exc.__cause__ or exc).__name__})") from None
+    except openai.APIConnectionError as exc:
+        cause = exc.__cause__ or exc
+        raise _Retryable(scrub(f"connection failed: {type(cause).__name__}: {cause}")) from None
+    except openai.APIStatusError as exc:
+        response = exc.response
+        # scrubbed whole, before any cut: a cut through the key would leave a part of it
+        detail = _snippet(" ".join(scrub(response.content.decode("utf-8", "replace")).split()), ERROR_BODY_CHARS)
+        message = scrub(f"HTTP {response.status_code} {response.reason_phrase}" + (f": {detail}" if detail else ""))
+        if response.status_code == 429 or response.status_code >= 500:
+            raise _Retryable(message, _retry_after(response.headers.get("Retry-After"))) from None
+        hint = _HINTS.get(response.status_code)
         raise JudgeError(message + (f" ({hint})" if hint else "")) from None
-    except (TimeoutError, socket.timeout) as exc:
-        raise _Retryable(f"timed out after {timeout_s:g} s ({type(exc).__name__})") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, (TimeoutError, socket.timeout)):
-            raise _Retryable(f"timed out after {timeout_s:g} s") from None
-        raise _Retryable(scrub(f"connection failed: {reason}")) from None
-    except (ConnectionError, HTTPException, OSError) as exc:
-        raise _Retryable(scrub(f"connection failed: {type(exc).__name__}: {exc}")) from None
+    except openai.OpenAIError as exc:
+        raise JudgeError(scrub(f"{type(exc).__name__}: {exc}")) from None
+    except httpx2.InvalidURL as exc:  # not worth retrying
+        raise JudgeError(scrub(f"base_url is not a valid URL ({exc})")) from None
     return _reply_text(raw, scrub)
 
 
-def _reply_text(raw: bytes, scrub) -> str:
-    """``choices[0].message.content`` of a chat-completion body; JudgeError if it is not one."""
+def _headers(secret: str) -> dict:
+    """Per-request headers: our Authorization (or none), and none of the OpenAI settings the
+    environment may hold for the client (organization, project, ``OPENAI_CUSTOM_HEADERS``)."""
+    import openai
+
+    ambient = os.environ.get("OPENAI_CUSTOM_HEADERS", "")
+    headers = {line.split(":", 1)[0].strip(): openai.omit for line in ambient.split("\n") if ":" in line}
+    headers.update({"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit,
+                    "Authorization": f"Bearer {secret}" if secret else openai.omit})
+    return headers
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context per process (the stdlib default, as urllib used): building one costs ~45 ms."""
+    return ssl.create_default_context()
+
+
+def _run(coroutine_function):
+    """Run ``coroutine_function()`` to completion in a fresh event loop, also when called from a
+    coroutine (then in a helper thread, since this thread's loop is busy running the caller)."""
     try:
-        obj = json.loads(raw.decode("utf-8"))
-        content = obj["choices"][0]["message"]["content"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
-        text = raw.decode("utf-8", "replace")
-        raise JudgeError(f"server reply is not a chat completion: {scrub(_snippet(text))!r}") from None
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine_function())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="openai-judge") as pool:
+        return pool.submit(lambda: asyncio.run(coroutine_function())).result()
+
+
+def _reply_text(raw, scrub) -> str:
+    """``choices[0].message.content`` of a chat completion (``raw``: the client's raw response,
+    parsed by the client); JudgeError if the body is not one."""
+    try:
+        content = raw.parse().choices[0].message.content
+    except (ValueError, AttributeError, IndexError, KeyError, TypeError):  # not JSON, or not shaped like one
+        raise JudgeError(f"server reply is not a chat completion: {_snippet(scrub(raw.text))!r}") from None
     if isinstance(content, list):  # content parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        content = "".join(p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "") or ""
+                          for p in content)
     if not isinstance(content, str):
         raise JudgeError(f"chat completion content is {type(content).__name__}, expected text")
     return content

@@ -18,8 +18,6 @@ end - ``respond_early_s``, the part that corresponds to its pause inputs), ``hol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, pause_metrics
 from duplexgym.rewards.terms import (
@@ -31,23 +29,22 @@ from duplexgym.rewards.terms import (
     seconds,
     takes_floor,
 )
-from duplexgym.rewards.terms import check_params as _check
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
+from duplexgym.config import STRICT, Number
 from duplexgym.constants import FRAME_S
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class PauseParams:
     """Seconds, except the two shares."""
 
-    resume_grace_s: float = 0.5
-    speech_penalty: float = 0.5
-    respond_weight: float = 0.25
-    respond_early_s: float = 0.4
-    respond_late_s: float = 2.0
-
-    def __post_init__(self):
-        _check(self, shares=("respond_weight",), at_most={"speech_penalty": 2.0})
+    resume_grace_s: Number = Field(0.5, ge=0)
+    speech_penalty: Number = Field(0.5, ge=0, le=2.0)
+    respond_weight: Number = Field(0.25, ge=0, le=1)
+    respond_early_s: Number = Field(0.4, ge=0)
+    respond_late_s: Number = Field(2.0, ge=0)
 
 
 def score(speech: AgentSpeech, segment: Segment, p: PauseParams = PauseParams()) -> RewardTerm:

@@ -55,9 +55,14 @@ Process-wide counters: :func:`stats`.
 
 from __future__ import annotations
 
-import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass as plain_dataclass
+from typing import Annotated
+
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
+
+from duplexgym.config import STRICT, Flag, Integer, Number, Text, choice
 
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.terms import RewardTerm
@@ -65,6 +70,9 @@ from duplexgym.rewards.terms import RewardTerm
 from duplexgym.constants import AXES, FRAME_S
 
 BACKENDS = ("embedding", "openai")
+Backend = choice(*BACKENDS)
+#: A string that is not empty.
+NonEmpty = Annotated[Text, Field(min_length=1)]
 
 
 class JudgeError(RuntimeError):
@@ -74,7 +82,7 @@ class JudgeError(RuntimeError):
     retries: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class QualityParams:
     """How the response quality is judged.
 
@@ -89,7 +97,9 @@ class QualityParams:
     api_key_env      name of the environment variable holding the API key (sent as a Bearer
                      token; unset or empty: no Authorization header). The key itself is never
                      part of the params, records, cache or logs.
-    timeout_s        socket timeout of one attempt (connect, each read), s.
+    timeout_s        wall-clock limit of one whole attempt (connect, send and reading the whole
+                     reply; a server that trickles its reply cannot hold it longer), s; an
+                     attempt past it counts as a timeout.
     max_retries      retries after the first attempt (timeouts, connection errors, 5xx, 429).
     backoff_s        first retry delay, s; doubles each retry.
     max_concurrency  requests in flight at once to one server from this process.
@@ -113,56 +123,27 @@ class QualityParams:
                      text (:mod:`.asr`); None: such a record is an error.
     """
 
-    backend: str = "embedding"
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str = "DUPLEXGYM_JUDGE_API_KEY"
-    timeout_s: float = 30.0
-    max_retries: int = 3
-    backoff_s: float = 0.5
-    max_concurrency: int = 4
-    cache_dir: str | None = None
-    use_cache: bool = True
-    model_dir: str | None = None
-    calibration: tuple[float, float] = (0.15, 0.55)
-    context_s: float = 10.0
-    asr_model_dir: str | None = None
+    backend: Backend = "embedding"
+    base_url: NonEmpty | None = None
+    model: NonEmpty | None = None
+    api_key_env: NonEmpty = "DUPLEXGYM_JUDGE_API_KEY"
+    timeout_s: Number = Field(30.0, gt=0)
+    max_retries: Integer = Field(3, ge=0)
+    backoff_s: Number = Field(0.5, ge=0)
+    max_concurrency: Integer = Field(4, ge=1)
+    cache_dir: NonEmpty | None = None
+    use_cache: Flag = True
+    model_dir: NonEmpty | None = None
+    calibration: tuple[Number, Number] = (0.15, 0.55)
+    context_s: Number = Field(10.0, gt=0)
+    asr_model_dir: NonEmpty | None = None
 
-    def __post_init__(self):
-        name = type(self).__name__
-        if self.backend not in BACKENDS:
-            raise ValueError(f"{name}.backend must be one of {BACKENDS}, got {self.backend!r}")
-        for key in ("base_url", "model", "cache_dir", "model_dir", "asr_model_dir"):
-            value = getattr(self, key)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"{name}.{key} must be a non-empty string or None, got {value!r}")
-        if not isinstance(self.api_key_env, str) or not self.api_key_env:
-            raise ValueError(f"{name}.api_key_env must name an environment variable, got {self.api_key_env!r}")
-        if not isinstance(self.use_cache, bool):
-            raise ValueError(f"{name}.use_cache must be true or false, got {self.use_cache!r}")
-        for key in ("timeout_s", "context_s"):
-            if not _number(getattr(self, key)) or not getattr(self, key) > 0:
-                raise ValueError(f"{name}.{key} must be a number > 0 (seconds), got {getattr(self, key)!r}")
-        if not _number(self.backoff_s) or self.backoff_s < 0:
-            raise ValueError(f"{name}.backoff_s must be a number >= 0 (seconds), got {self.backoff_s!r}")
-        for key, least in (("max_retries", 0), ("max_concurrency", 1)):
-            value = getattr(self, key)
-            if isinstance(value, float) and value.is_integer():
-                object.__setattr__(self, key, int(value))
-            elif isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{name}.{key} must be an integer >= {least}, got {value!r}")
-        try:
-            lo, hi = (float(v) for v in self.calibration)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}.calibration must be a pair (lo, hi) of cosines, "
-                             f"got {self.calibration!r}") from None
-        if not (-1.0 <= lo < hi <= 1.0):
-            raise ValueError(f"{name}.calibration must satisfy -1 <= lo < hi <= 1, got ({lo}, {hi})")
-        object.__setattr__(self, "calibration", (lo, hi))
-
-
-def _number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    @model_validator(mode="after")
+    def _calibration_ordered(self):
+        lo, hi = self.calibration
+        if not -1.0 <= lo < hi <= 1.0:
+            raise ValueError(f"calibration must satisfy -1 <= lo < hi <= 1, got ({lo:g}, {hi:g})")
+        return self
 
 
 # --- the process-wide counters ---------------------------------------------------------------
@@ -193,7 +174,7 @@ def _count(**deltas) -> None:
 
 # --- what is compared --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@plain_dataclass(frozen=True)
 class UserTurn:
     """The user's side for the judge: ``turn`` (what the agent responds to) and ``context``
     (what the user said before it; empty except on the interruption axis)."""

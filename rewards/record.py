@@ -13,20 +13,37 @@ Rewards are pure functions of a record, which makes ablations (``duplexgym resco
 Metadata (``.json``): the segment (manifest line), the seed, the env configuration (id, corpus,
 modes, codec spec and id, text tokenizer, reward spec), ``forced_frames``, ``agent_text`` and
 ``agent_words`` (``[start_s, end_s, word]``, episode seconds; tokens mode with a text tokenizer),
-the SHA-256 of the observation stream, and the final ``reward_terms``. ``F`` = ``segment.n_frames``.
+the SHA-256 of the observation stream, the SHA-256 of every array in the ``.npz``
+(``arrays_sha256``: an edited or corrupt array is caught when the record is loaded), and the final
+``reward_terms``. ``F`` = ``segment.n_frames``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from duplexgym.corpora.manifest import Segment
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+#: Versions :meth:`EpisodeRecord.load` reads (1: before ``arrays_sha256``).
+READABLE_VERSIONS = (1, 2)
+ARRAY_NAMES = ("text_tokens", "audio_codes", "audio", "rewards")
+
+
+class RecordError(ValueError):
+    """An episode record that cannot be read or does not match its own digests; names the file."""
+
+
+def array_digest(array: np.ndarray) -> str:
+    """``"dtype|shape|sha256"`` of an array: equal exactly when dtype, shape and bytes are equal."""
+    a = np.ascontiguousarray(array)
+    return f"{a.dtype.str}|{'x'.join(map(str, a.shape))}|{hashlib.sha256(a.tobytes()).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -58,8 +75,7 @@ class EpisodeRecord:
         """Write ``path.npz`` and ``path.json`` (atomically); returns the ``.json`` path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {k: getattr(self, k) for k in ("text_tokens", "audio_codes", "audio", "rewards")
-                  if getattr(self, k) is not None}
+        arrays = {k: getattr(self, k) for k in ARRAY_NAMES if getattr(self, k) is not None}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -73,6 +89,7 @@ class EpisodeRecord:
             "agent_text": self.agent_text,
             "agent_words": None if self.agent_words is None else [list(w) for w in self.agent_words],
             "obs_sha256": self.obs_sha256,
+            "arrays_sha256": {k: array_digest(v) for k, v in arrays.items()},
             "reward_terms": self.reward_terms,
         }
         jtmp = path.with_name(f".{path.name}.{os.getpid()}.json")
@@ -88,15 +105,23 @@ class EpisodeRecord:
         jpath, npath = stem.with_suffix(".json"), stem.with_suffix(".npz")
         try:
             meta = json.loads(jpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{jpath}: not a readable episode record ({exc})") from None
-        if meta.get("version") != RECORD_VERSION:
-            raise ValueError(f"{jpath}: episode record version {meta.get('version')!r}, expected {RECORD_VERSION}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RecordError(f"{jpath}: not a readable episode record ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("version") not in READABLE_VERSIONS:
+            version = meta.get("version") if isinstance(meta, dict) else None
+            raise RecordError(f"{jpath}: episode record version {version!r}, expected one of {READABLE_VERSIONS}")
         try:
-            with np.load(npath) as z:
+            with np.load(npath, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"{npath}: not a readable episode record ({exc})") from None
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            raise RecordError(f"{npath}: not a readable episode record ({type(exc).__name__}: {exc})") from None
+        digests = meta.get("arrays_sha256")
+        if digests is not None:
+            names = sorted(set(digests) | set(arrays))
+            bad = [k for k in names if k not in arrays or k not in digests or array_digest(arrays[k]) != digests[k]]
+            if bad:
+                raise RecordError(f"{npath}: array(s) {', '.join(bad)} differ from the digests in {jpath.name} "
+                                  "(the file was edited or is corrupt)")
         return cls(
             segment=Segment.from_dict(meta["segment"]),
             seed=meta["seed"],

@@ -25,8 +25,14 @@ def applicable_terms(axis: str, spec: RewardSpec) -> dict:
     return {name: t for name, t in spec.terms.items() if TERMS[name].axis in (None, axis)}
 
 
-def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 0.0) -> dict:
-    """The ``reward_terms`` of ``record`` (module docstring). ``dense_total``: shaping already paid."""
+def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 0.0,
+                  stored: dict | None = None) -> dict:
+    """The ``reward_terms`` of ``record`` (module docstring). ``dense_total``: shaping already paid.
+
+    ``stored``: ``{term name: {"value", "metrics"}}`` (a saved record's ``reward_terms["terms"]``
+    entries; ``{"failed": message}`` for a term that failed there) to take as they are instead of
+    computing them, with the spec's weight: how a replay reproduces a judge's rating without
+    contacting the judge's server."""
     seg = record.segment
     terms = applicable_terms(seg.axis, spec)
     result = {"axis": seg.axis, "reward": 0.0, "terms": {}, "failed": {}, "dense": float(dense_total)}
@@ -38,6 +44,15 @@ def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 
         return result
     result["agent_speech_s"] = [[round(a, 4), round(b, 4)] for a, b in speech.spans_s]
     for name, term_spec in terms.items():
+        if stored is not None and name in stored:
+            if "failed" in stored[name]:
+                result["failed"][name] = str(stored[name]["failed"])
+                continue
+            value = float(stored[name]["value"])
+            result["terms"][name] = {"value": value, "weight": term_spec.weight,
+                                     "metrics": dict(stored[name].get("metrics") or {})}
+            result["reward"] += term_spec.weight * value
+            continue
         try:
             kind = TERMS[name]
             term = kind.score(record if kind.uses_record else speech, seg, term_spec.params)

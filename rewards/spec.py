@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from duplexgym.corpora.vad import VadParams
 from duplexgym.rewards import backchannel, interruption, pause, quality, turn
 from duplexgym.rewards.activity import ActivityParams
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from duplexgym.config import STRICT, Number, explain, validate
 
 
 class RewardSpecError(ValueError):
@@ -60,13 +62,17 @@ DEFAULT_TERMS = ("pause", "turn", "backchannel", "interruption")
 
 @dataclass(frozen=True)
 class TermSpec:
+    """One term of a spec: its weight (0 keeps it as a logged metric) and its parameters (an
+    instance of the term's parameter class, ``TERMS[name].params``)."""
+
     weight: float
     params: Any
 
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """Parsed reward spec; see the module docstring."""
+    """A validated reward spec (see the module docstring); :func:`spec_from_dict` builds one from
+    its YAML form and :meth:`to_dict` writes that form back."""
 
     terms: dict[str, TermSpec]
     activity: ActivityParams = field(default_factory=ActivityParams)
@@ -74,9 +80,9 @@ class RewardSpec:
 
     def to_dict(self) -> dict:
         return {
-            "activity": _plain(self.activity),
+            "activity": dataclasses.asdict(self.activity),
             "dense": {"weight": self.dense_weight},
-            "terms": {name: {"weight": t.weight, "params": _plain(t.params)} for name, t in self.terms.items()},
+            "terms": {name: {"weight": t.weight, "params": dataclasses.asdict(t.params)} for name, t in self.terms.items()},
         }
 
 
@@ -99,81 +105,65 @@ def load_spec(source: str | Path | dict | RewardSpec | None) -> RewardSpec:
     return load_yaml(source, spec_from_dict, RewardSpecError, "reward spec")
 
 
+# --- the YAML form ----------------------------------------------------------------------------------
+
+
+class _Dense(BaseModel):
+    model_config = STRICT
+    weight: Number = 0.0
+
+
+class _Term(BaseModel):
+    model_config = STRICT
+    weight: Number = 1.0
+    params: dict = Field(default_factory=dict)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _none_is_defaults(cls, value):
+        return {} if value is None else value
+
+
+class SpecFile(BaseModel):
+    """The YAML form of a reward spec (validated; each term's ``params`` then by its own class)."""
+
+    model_config = STRICT
+    activity: ActivityParams = Field(default_factory=ActivityParams)
+    dense: _Dense = Field(default_factory=_Dense)
+    terms: dict[str, _Term] | None = None
+
+    @field_validator("terms", mode="before")
+    @classmethod
+    def _bare_term_is_defaults(cls, value):
+        """``pause:`` with nothing after it is the term with its defaults."""
+        return {k: ({} if v is None else v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("dense", mode="before")
+    @classmethod
+    def _no_dense(cls, value):
+        return {} if value is None else value
+
+
 def spec_from_dict(raw: Any) -> RewardSpec:
-    if not isinstance(raw, dict):
-        raise RewardSpecError(f"a reward spec is a mapping with 'terms', 'activity', 'dense'; got {type(raw).__name__}")
-    _only(raw, {"terms", "activity", "dense"}, "spec")
-    activity = _activity(raw.get("activity", {}))
-    dense = raw.get("dense", {}) or {}
-    if not isinstance(dense, dict):
-        raise RewardSpecError("dense: expected a mapping like {weight: 0.1}")
-    _only(dense, {"weight"}, "dense")
-    dense_weight = _number(dense.get("weight", 0.0), "dense.weight")
-    terms_raw = raw.get("terms")
-    if terms_raw is None:
-        return dataclasses.replace(default_spec(activity.reader), activity=activity, dense_weight=dense_weight)
-    if not isinstance(terms_raw, dict) or not terms_raw:
+    """The :class:`RewardSpec` of a spec's YAML form; :class:`RewardSpecError` naming every bad field."""
+    doc = validate(SpecFile, raw, RewardSpecError, "reward spec")
+    if doc.terms is None:
+        return dataclasses.replace(default_spec(doc.activity.reader), activity=doc.activity,
+                                   dense_weight=doc.dense.weight)
+    if not doc.terms:
         raise RewardSpecError("terms: expected a non-empty mapping of term name -> {weight, params}")
-    terms = {}
-    for name, body in terms_raw.items():
-        if name not in TERMS:
-            raise RewardSpecError(f"terms.{name}: unknown term; known terms: {', '.join(TERMS)}")
-        body = body or {}
-        if not isinstance(body, dict):
-            raise RewardSpecError(f"terms.{name}: expected a mapping with 'weight' and optional 'params'")
-        _only(body, {"weight", "params"}, f"terms.{name}")
-        weight = _number(body.get("weight", 1.0), f"terms.{name}.weight")
-        params = _dataclass(TERMS[name].params, body.get("params") or {}, f"terms.{name}.params")
-        terms[name] = TermSpec(weight, params)
-    return RewardSpec(terms=terms, activity=activity, dense_weight=dense_weight)
-
-
-def _activity(raw: Any) -> ActivityParams:
-    if not isinstance(raw, dict):
-        raise RewardSpecError("activity: expected a mapping like {reader: vad}")
-    raw = dict(raw)
-    vad = _dataclass(VadParams, raw.pop("vad", {}) or {}, "activity.vad")
-    params = _dataclass(ActivityParams, raw, "activity", exclude={"vad"})
-    return dataclasses.replace(params, vad=vad)
-
-
-def _dataclass(cls: type, raw: Any, where: str, exclude: set[str] = frozenset()):
-    if not isinstance(raw, dict):
-        raise RewardSpecError(f"{where}: expected a mapping of parameters")
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
-    _only(raw, set(known), where)
-    values = {}
-    for key, value in raw.items():
-        default = getattr(cls(), key)
-        if default is None or isinstance(default, tuple):
-            values[key] = tuple(value) if isinstance(value, list) else value  # the class validates it
-        elif isinstance(default, bool) or isinstance(default, str):
-            if not isinstance(value, type(default)):
-                raise RewardSpecError(f"{where}.{key}: expected {type(default).__name__}, got {value!r}")
-            values[key] = value
-        elif isinstance(default, (int, float)):
-            values[key] = _number(value, f"{where}.{key}")
-            if isinstance(default, int) and not isinstance(default, bool) and float(values[key]).is_integer():
-                values[key] = int(values[key])
-        else:
-            values[key] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise RewardSpecError(f"{where}: {exc}") from None
-
-
-def _number(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise RewardSpecError(f"{where}: expected a number, got {value!r}")
-    return float(value)
-
-
-def _only(raw: dict, known: set[str], where: str) -> None:
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise RewardSpecError(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
-
-
-def _plain(obj) -> dict:
-    return dataclasses.asdict(obj)
+    terms, problems = {}, []
+    for name, term in doc.terms.items():
+        kind = TERMS.get(name)
+        if kind is None:
+            problems.append(f"terms.{name}: unknown term; known terms: {', '.join(TERMS)}")
+            continue
+        try:
+            terms[name] = TermSpec(term.weight, kind.params(**term.params))
+        except ValidationError as exc:
+            problems.append(explain(exc, kind.params, where=f"terms.{name}.params"))
+        except (TypeError, ValueError) as exc:  # a parameter class that validates by hand
+            problems.append(f"terms.{name}.params: {exc}")
+    if problems:
+        raise RewardSpecError("\n".join(problems))
+    return RewardSpec(terms=terms, activity=doc.activity, dense_weight=doc.dense.weight)

@@ -93,24 +93,3 @@ def frame_mask(n_frames: int, lo_s: float, hi_s: float) -> np.ndarray:
     """bool ``[n_frames]``: frames whose start lies in ``[lo_s, hi_s)``."""
     starts = np.arange(n_frames) * FRAME_S
     return (starts >= lo_s) & (starts < hi_s)
-
-
-def check_params(params, shares=(), at_most=None, ordered=None, positive=()) -> None:
-    """Validate a parameter dataclass: every field >= 0, ``shares`` in [0, 1], ``at_most`` caps,
-    ``ordered`` = (a, b) with a < b, ``positive`` > 0. Raises ValueError naming the field."""
-    name = type(params).__name__
-    for field_name in params.__dataclass_fields__:
-        value = getattr(params, field_name)
-        if not isinstance(value, (int, float)) or value != value or value < 0:
-            raise ValueError(f"{name}.{field_name} must be a number >= 0, got {value!r}")
-    for field_name in shares:
-        if getattr(params, field_name) > 1:
-            raise ValueError(f"{name}.{field_name} is a share and must lie in [0, 1], got {getattr(params, field_name)}")
-    for field_name, cap in (at_most or {}).items():
-        if getattr(params, field_name) > cap:
-            raise ValueError(f"{name}.{field_name} must be <= {cap}, got {getattr(params, field_name)}")
-    if ordered and not getattr(params, ordered[0]) < getattr(params, ordered[1]):
-        raise ValueError(f"{name}.{ordered[0]} must be < {name}.{ordered[1]}")
-    for field_name in positive:
-        if not getattr(params, field_name) > 0:
-            raise ValueError(f"{name}.{field_name} must be > 0")

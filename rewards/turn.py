@@ -13,8 +13,6 @@ Metrics: ``fdb_tor`` and ``fdb_latency_s`` (Full-Duplex-Bench smooth turn-taking
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from duplexgym.corpora.manifest import Segment
 from duplexgym.rewards.fdb import AgentSpeech, turn_metrics
 from duplexgym.rewards.terms import (
@@ -25,21 +23,26 @@ from duplexgym.rewards.terms import (
     rel,
     takes_floor,
 )
-from duplexgym.rewards.terms import check_params as _check
+from pydantic import Field, model_validator
+from pydantic.dataclasses import dataclass
 
+from duplexgym.config import STRICT, Number
 from duplexgym.constants import FRAME_S
 
 
-@dataclass(frozen=True)
+@dataclass(config=STRICT)
 class TurnParams:
     """Seconds."""
 
-    early_s: float = 0.4
-    on_time_s: float = 0.6
-    late_s: float = 2.5
+    early_s: Number = Field(0.4, ge=0)
+    on_time_s: Number = Field(0.6, ge=0)
+    late_s: Number = Field(2.5, ge=0)
 
-    def __post_init__(self):
-        _check(self, ordered=("on_time_s", "late_s"))
+    @model_validator(mode="after")
+    def _ordered(self):
+        if not self.on_time_s < self.late_s:
+            raise ValueError(f"on_time_s ({self.on_time_s:g}) must be < late_s ({self.late_s:g})")
+        return self
 
 
 def score(speech: AgentSpeech, segment: Segment, p: TurnParams = TurnParams()) -> RewardTerm:

@@ -10,8 +10,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from duplexgym.agents.policies import checkpoint
-from duplexgym.agents.policies import make_agent
+from duplexgym.agents.policies import checkpoint, make_agent
 from duplexgym.agents.policies.checkpoint import (
     CheckpointError,
     load_models,

@@ -1,10 +1,9 @@
 """The pictures a person reads: the training reward curve and the episode timeline (matplotlib)."""
 
 import numpy as np
-from matplotlib.image import imread
-
 from duplexgym.agents.evaluation.timeline import write_timeline
 from duplexgym.agents.training.plots import reward_curve_figure, write_reward_curve
+from matplotlib.image import imread
 
 ROWS = [{"iteration": i, "reward_mean": {"pause": -1.0 + 0.5 * i, "turn": -0.5}, "score_mean": {"pause": -0.9 + 0.5 * i},
          "kl": 0.01 * i} for i in range(4)]

@@ -58,6 +58,13 @@ def openai_params(srv: ChatServer, tmp_path, **kw) -> QualityParams:
     return QualityParams(**{**base, **kw})
 
 
+@pytest.fixture
+def client_imported():
+    """The openai client imported ahead: its one-time import (~0.7 s) is no part of a request, and
+    the timing assertions measure requests."""
+    import openai  # noqa: F401
+
+
 @pytest.fixture(autouse=True)
 def _no_judge_env(monkeypatch):
     for name in ("DUPLEXGYM_JUDGE_BASE_URL", "DUPLEXGYM_JUDGE_MODEL", "DUPLEXGYM_JUDGE_API_KEY"):
@@ -210,7 +217,7 @@ def test_gives_up_after_max_retries(tmp_path):
     assert after["failures"] - before["failures"] == 1 and after["retries"] - before["retries"] == 2
 
 
-def test_timeout(tmp_path):
+def test_timeout(tmp_path, client_imported):
     rec = answer("what time does the train leave", "the train leaves at four")
     with ChatServer(mode="slow", slow_s=1.5) as srv:
         t0 = time.monotonic()
@@ -219,6 +226,21 @@ def test_timeout(tmp_path):
         elapsed = time.monotonic() - t0
         assert srv.requests == 2
     assert 0.4 <= elapsed < 1.4
+
+
+@pytest.mark.timeout(30)  # a client that waits for the dripping body would sit here for minutes
+def test_timeout_bounds_the_whole_attempt(tmp_path, client_imported):
+    """A server that sends valid headers, then its body one byte every 0.5 s: no single read waits
+    long, yet timeout_s bounds each whole attempt, which then counts as a timeout and is retried."""
+    rec = answer("what time does the train leave", "the train leaves at four")
+    with ChatServer(mode="drip", drip_s=0.5) as srv:
+        t0 = time.monotonic()
+        with pytest.raises(JudgeError, match="gave up after 2 attempts.*timed out") as info:
+            quality.score(rec, params=openai_params(srv, tmp_path, timeout_s=1.0, max_retries=1))
+        elapsed = time.monotonic() - t0
+        assert srv.requests == 2 and info.value.attempts == 2
+    # two attempts of at most timeout_s + 0.5 s each, and a 0.02 s backoff between them
+    assert 1.9 <= elapsed < 4.5
 
 
 @pytest.mark.parametrize("mode, message", [("garbage", "not a chat completion"), ("no_score", "no score found")])

@@ -698,7 +698,7 @@ def test_load_spec_from_dict():
     ({"terms": {"turn": {"weight": True}}}, ["terms.turn.weight", "expected a number"]),
     ({"terms": {"turn": {"weigth": 1}}}, ["terms.turn", "'weigth'"]),
     ({"terms": {"pause": {"params": {"speech_penalty": "lots"}}}}, ["terms.pause.params.speech_penalty", "'lots'"]),
-    ({"term": {"pause": {}}}, ["spec", "unknown field 'term'", "terms"]),
+    ({"term": {"pause": {}}}, ["term: unknown field 'term'", "did you mean 'terms'"]),
     ({"activity": {"reader": "asr"}}, ["activity", "reader", "'asr'", "vad", "text"]),
     ({"activity": {"reader": 1}}, ["activity.reader", "expected str"]),
     ({"activity": {"vad": {"treshold": 0.5}}}, ["activity.vad", "'treshold'"]),
@@ -708,6 +708,10 @@ def test_load_spec_from_dict():
     ({"terms": {}}, ["terms", "non-empty"]),
     ({"terms": {"pause": 3}}, ["terms.pause", "mapping"]),
     ([1, 2], ["mapping", "list"]),
+    ({"terms": {"turn": {"weight": float("nan")}}}, ["terms.turn.weight: expected a finite number, got nan"]),
+    ({"dense": {"weight": float("inf")}}, ["dense.weight: expected a finite number, got inf"]),
+    ({"terms": {"pause": {"params": {"speech_penalty": float("nan")}}}}, ["terms.pause.params.speech_penalty", "finite"]),
+    ({"activity": {"vad": {"threshold": float("nan")}}}, ["activity.vad.threshold", "finite"]),
 ])
 def test_spec_errors_name_the_field(raw, fragments):
     with pytest.raises(RewardSpecError) as err:

@@ -1,7 +1,5 @@
 """GRPO on Ray RLlib (agents/training/): the padded batch, and the whole loop on a real local Ray."""
 
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -53,15 +51,9 @@ def test_batch_masks_padding_and_forced_frames_and_centres_groups():
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import ray
-
-    temp = tempfile.mkdtemp(prefix="dgray", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(_temp_dir=temp, include_dashboard=False, num_cpus=2, log_to_driver=False,
-             runtime_env={"env_vars": {"NO_TORCH_COMPILE": "1", "OMP_WAIT_POLICY": "PASSIVE",
-                                       "RAY_AUTH_MODE": "disabled"}})
-    yield temp
-    ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
+    """One local Ray for the module's tests, as ``duplexgym train`` starts it (driver.RaySession)."""
+    with driver.RaySession() as session:
+        yield session.folder
 
 
 def _cfg(corpus, **fields):

@@ -60,13 +60,22 @@ CASES = [
     ("axis_weights_not_in_axes", {"axis_weights": {"pause": 1.0}}, ["axis_weights.pause: axis is not in axes (turn)"]),
     ("axis_weights_negative", {"axis_weights": {"turn": -1.0}}, ["axis_weights.turn: must be >= 0"]),
     ("axis_weights_bad_axis", {"axis_weights": {"turns": 2.0}}, ["axis_weights.turns: unknown axis"]),
-    ("rewards_invalid", {"rewards": {"terms": {"turn": {"wieght": 1}}}}, ["rewards: terms.turn: unknown field 'wieght'"]),
+    ("rewards_invalid", {"rewards": {"terms": {"turn": {"wieght": 1}}}}, ["rewards: terms.turn.wieght: unknown field 'wieght'"]),
     ("rewards_vad_reader", {"rewards": {"activity": {"reader": "vad"}}}, ["rewards: activity.reader: 'vad' is not supported"]),
     ("rewards_missing_file", {"rewards": "NO_SUCH_SPEC.yaml"}, ["rewards:", "NO_SUCH_SPEC.yaml: cannot read reward spec"]),
     ("checkpoint_interval", {"checkpoint_interval": -1}, ["checkpoint_interval", "-1"]),
     ("ray_address", {"ray_address": "head node"}, ["ray_address: expected null or an address string"]),
     ("ray_address_no_port", {"ray_address": "head"}, ["ray_address: 'head' is not a Ray address"]),
     ("missing_out", {"out": None}, ["out: required field is missing"]),
+    ("lr_nan", {"lr": float("nan")}, ["lr: expected a finite number, got nan"]),
+    ("kl_coef_inf", {"kl_coef": float("inf")}, ["kl_coef: expected a finite number, got inf"]),
+    ("axis_weight_nan", {"axis_weights": {"turn": float("nan")}}, ["axis_weights.turn: expected a finite number"]),
+    ("rewards_weight_nan", {"rewards": {"terms": {"turn": {"weight": float("nan")}}}},
+     ["rewards: terms.turn.weight: expected a finite number, got nan"]),
+    ("rewards_dense_inf", {"rewards": {"dense": {"weight": float("-inf")}}},
+     ["rewards: dense.weight: expected a finite number, got -inf"]),
+    ("tracking_typo", {"tracking": {"mlfow": {}}}, ["tracking.mlfow: unknown field", "mlflow"]),
+    ("tracking_type", {"tracking": {"wandb": 3}}, ["tracking.wandb: expected a mapping, got 3"]),
 ]
 
 _SCRIPT = textwrap.dedent("""
@@ -197,3 +206,12 @@ def test_two_iteration_run_via_the_cli(small_corpus, tmp_path):
 
     width, height = _png_size(out / "reward_curve.png")
     assert width >= 600 and height >= 400
+    # TensorBoard event files beside the metrics, and the summary says where the logs are
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    turn = [(e.step, e.value) for e in events.Scalars("reward/turn")]
+    assert turn == [(i + 1, pytest.approx(r["reward_mean"]["turn"], rel=1e-6)) for i, r in enumerate(rows)]
+    assert [e.step for e in events.Scalars("train/kl")] == [1, 2]
+    assert any(line.startswith("TensorBoard: ") and "tensorboard" in line for line in summary["logs"])

@@ -116,9 +116,8 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
     ``obs_mode`` / ``action_mode``: None takes :func:`~duplexgym.envs.corpus.default_modes`."""
     from duplexgym.agents.evaluation.rollout import play_episode
     from duplexgym.agents.policies import make_agent
-    from tqdm import tqdm
-
     from duplexgym.envs.corpus import default_modes
+    from tqdm import tqdm
 
     modes = default_modes(corpus) if obs_mode is None or action_mode is None else (obs_mode, action_mode)
     obs_mode, action_mode = obs_mode or modes[0], action_mode or modes[1]

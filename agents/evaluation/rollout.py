@@ -54,18 +54,46 @@ def play_episode(env, agent, seed: int | None = None, options: dict | None = Non
     return info["reward_terms"]
 
 
+SUMMARY_NAME = "rollout.json"
+EPISODES_NAME = "episodes"
+
+
+def prepare_out(out: Path, overwrite: bool = False) -> None:
+    """Check ``out`` before any episode runs: a new or empty folder, or (with ``overwrite``) an
+    earlier rollout, whose ``rollout.json`` and episode records (and nothing else) are removed."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder; pass a new or empty folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    ours = (out / SUMMARY_NAME).is_file()
+    if not ours:
+        raise ValueError(f"--out {out}: the folder is not empty and holds no {SUMMARY_NAME} of an earlier rollout; "
+                         "pass a new or empty folder")
+    records = sorted((out / EPISODES_NAME).glob("[0-9][0-9][0-9][0-9][0-9]-*.*"))
+    if not overwrite:
+        raise ValueError(f"--out {out}: holds an earlier rollout ({len(records) // 2} episode records); pass "
+                         "--overwrite to replace it, or another folder (records of two runs are never mixed)")
+    for path in records:
+        if path.suffix in (".json", ".npz"):
+            path.unlink()
+    (out / SUMMARY_NAME).unlink()
+
+
 def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int, out: str | Path,
-            env_kwargs: dict | None = None, progress: bool = True) -> dict:
+            env_kwargs: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Run ``episodes`` episodes of ``agent_name`` in ``env_id``; the first reset is seeded with
     ``seed`` and later ones continue the env's random stream, so the run is reproducible. Modes
-    missing from ``env_kwargs`` follow :func:`~duplexgym.envs.corpus.default_modes`."""
+    missing from ``env_kwargs`` follow :func:`~duplexgym.envs.corpus.default_modes`. ``out`` must
+    be new or empty, or an earlier rollout with ``overwrite`` (:func:`prepare_out`)."""
     from duplexgym.agents.policies import make_agent
+    from duplexgym.envs.corpus import default_modes
     from tqdm import tqdm
 
-    from duplexgym.envs.corpus import default_modes
-
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise ValueError(f"--episodes must be a whole number >= 1, got {episodes!r}")
     out = Path(out)
-    episodes_dir = out / "episodes"
+    prepare_out(out, overwrite)
+    episodes_dir = out / EPISODES_NAME
     env_kwargs = dict(env_kwargs or {})
     if "obs_mode" not in env_kwargs or "action_mode" not in env_kwargs:
         obs_mode, action_mode = default_modes(corpus)
@@ -82,5 +110,5 @@ def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int,
     if hasattr(agent, "close"):
         agent.close()
     summary = {**summarize(results), "agent": agent_name, "env": env_id, "seed": seed, "out": str(out)}
-    (out / "rollout.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     return summary

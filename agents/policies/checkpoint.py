@@ -408,6 +408,30 @@ def _check_vocabulary(models: MoshiModels) -> None:
 # Saving
 
 
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """``safetensors.torch.save_file`` into a temporary file renamed into place (never half a file
+    under the real name); a write failure comes out as an ``OSError`` naming the file (``ENOSPC``
+    for a full disk: the safetensors library reports it as its own error type)."""
+    import errno
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    except Exception as exc:  # SafetensorError: "Error while serializing: I/O error: ... (os error 28)"
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise
+        code = errno.ENOSPC if "os error 28" in str(exc) or shutil.disk_usage(path.parent).free < (1 << 20) \
+            else errno.EIO
+        raise OSError(code, os.strerror(code) if code == errno.ENOSPC else f"could not write ({exc})", str(path)) \
+            from None
+    os.replace(tmp, path)
+    return path
+
+
 def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
                     lm_kwargs: dict, dtype: torch.dtype | None = None) -> Path:
     """Write ``lm``, ``mimi`` and the tokenizer as a checkpoint folder in Kyutai's layout.
@@ -420,8 +444,6 @@ def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathL
     ``lm_kwargs`` must be the kwargs ``lm`` was built with (checked against its tensor shapes).
     Returns the folder.
     """
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     tokenizer_path = _check_tokenizer_file(Path(tokenizer_path))
     lm_kwargs = json.loads(json.dumps(lm_kwargs))  # JSON-ready copy (tuples -> lists); fails early if not
@@ -432,8 +454,8 @@ def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathL
     mimi_config = _mimi_config_of(mimi)
     out.mkdir(parents=True, exist_ok=True)
 
-    save_file(_plain_tensors(lm.state_dict(), dtype), str(out / LM_WEIGHTS_NAME), metadata={"format": "pt"})
-    save_file(_plain_tensors(mimi.state_dict(), None), str(out / SAVED_MIMI_NAME), metadata={"format": "pt"})
+    save_safetensors(_plain_tensors(lm.state_dict(), dtype), out / LM_WEIGHTS_NAME)
+    save_safetensors(_plain_tensors(mimi.state_dict(), None), out / SAVED_MIMI_NAME)
     tokenizer_name = tokenizer_path.name if tokenizer_path.suffix == ".model" else "tokenizer.model"
     if (out / tokenizer_name).resolve() != tokenizer_path.resolve():
         shutil.copyfile(tokenizer_path, out / tokenizer_name)

@@ -11,6 +11,7 @@ weight sync; and the ``AlgorithmConfig`` of a validated train config.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -38,6 +39,8 @@ class GroupSamplingConfig(AlgorithmConfig):
 
     def __init__(self, algo_class=None):
         super().__init__(algo_class=algo_class or GroupSamplingAlgorithm)
+        #: The folder of RLlib's per-run logger (None: Trainable's own, a new ~/ray_results/<time>).
+        self.run_logdir = None
 
     def get_default_rl_module_spec(self):
         return RLModuleSpec(module_class=MoshiRLModule)
@@ -88,6 +91,16 @@ class GroupSamplingAlgorithm(Algorithm):
         self.last_episodes: list = []  # the last iteration's episodes
         self.last_iteration: dict = {}  # the last iteration's metrics (train_policy's per-iteration row)
         super().setup(config)
+
+    def _setup_logdir(self):
+        """Trainable makes a fresh ``~/ray_results/<time>`` folder for RLlib's logger, which nothing
+        here writes to: use the config's ``run_logdir`` instead (the Ray session's scratch folder,
+        removed with it), when it names one."""
+        logdir = getattr(self.config, "run_logdir", None)
+        if logdir is None:
+            return super()._setup_logdir()
+        os.makedirs(logdir, exist_ok=True)
+        self._logdir = logdir
 
     def sampling_remote(self) -> bool:
         """True when remote env runners sample (the local one then has no env)."""
@@ -169,10 +182,11 @@ class GroupSamplingAlgorithm(Algorithm):
         return None
 
 
-def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
+def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None) -> AlgorithmConfig:
     """The ``AlgorithmConfig`` of a validated :class:`~duplexgym.agents.training.config.TrainConfig`:
     GRPO or PPO (:data:`ALGORITHMS`).
-    ``segments``: sample only these segment ids (default: ``cfg.segments``)."""
+    ``segments``: sample only these segment ids (default: ``cfg.segments``). ``logdir``: the folder
+    of RLlib's per-run logger (default: a new one under ``~/ray_results``)."""
     from ray.tune.registry import register_env
 
     register_env(ENV_NAME, make_env)
@@ -189,7 +203,7 @@ def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]
     obs_space = spaces.MultiDiscrete([MIMI_CARDINALITY] * MIMI_CODEBOOKS)
     act_space = spaces.MultiDiscrete([TEXT_CARD] + [MIMI_CARDINALITY] * MIMI_CODEBOOKS)
-    return (
+    config = (
         config_cls()
         .environment(ENV_NAME, env_config=env_config)
         .framework("torch")
@@ -207,4 +221,6 @@ def algorithm_config(cfg, segments=None) -> AlgorithmConfig:
                          delay_between_env_runner_restarts_s=1.0)
         .debugging(seed=int(cfg.seed))
     )
+    config.run_logdir = None if logdir is None else str(logdir)
+    return config
 

@@ -203,7 +203,7 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
     iterations of the run ``config`` (``TrainConfig.to_dict()``). Written beside ``path`` first and
     renamed into place; an existing folder of the same name is replaced only once the new one is
     complete."""
-    from safetensors.torch import save_file
+    from duplexgym.agents.policies.checkpoint import save_safetensors
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,10 +214,10 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        save_file({k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")},
-                  str(tmp / MODULE_WEIGHTS_NAME), metadata={"format": "pt"})
-        save_file({k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")},
-                  str(tmp / OPTIMIZER_STATE_NAME), metadata={"format": "pt"})
+        save_safetensors({k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")},
+                         tmp / MODULE_WEIGHTS_NAME)
+        save_safetensors({k[len("optimizer/"):]: v for k, v in tensors.items() if k.startswith("optimizer/")},
+                         tmp / OPTIMIZER_STATE_NAME)
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "iterations_done": int(iterations_done),
                "config": config, "runners": runners, **meta}
         (tmp / META_NAME).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")

@@ -2,14 +2,17 @@
 checkpoint, run the iterations, stop cleanly.
 
 Ray's files stay out of the user's way: a local Ray keeps its session files in a temporary folder
-this process makes and removes at shutdown, and the empty ``~/ray_results/<time>`` folder RLlib's
-``Algorithm`` makes for its logger is removed when it is still empty after the run.
+this process makes, removed when the driver exits, even when it is killed (:class:`RaySession`);
+RLlib's per-run logger folder (by default a new ``~/ray_results/<time>``, which nothing here writes
+to) lives inside it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,13 +33,23 @@ MODULE_ID = "default_policy"
 class RaySession:
     """A local Ray started for one run (``address`` None) or a connection to the cluster at
     ``address``; nothing is started when Ray already runs in this process. Use as a context
-    manager: on exit Ray is shut down (if this session started it) and the temporary folder of a
-    local Ray is removed."""
+    manager.
+
+    A local Ray keeps its session files in a folder this session makes (under ``temp_dir``, default
+    the system's temporary folder; short, since Ray's socket paths must stay below 108 characters),
+    and a watcher process (:mod:`.ray_reaper`) stops the node's processes and removes that folder
+    when the driver exits in any way, killed included. ``scratch``: a folder inside it for files
+    that need a place but are not kept (RLlib's per-run logger folder)."""
 
     def __init__(self, address: str | None = None, temp_dir: str | os.PathLike | None = None):
         self.address, self.temp_dir = address, temp_dir
         self.started = False
-        self._made_temp: Path | None = None
+        self.folder: Path | None = None
+        self._reaper: subprocess.Popen | None = None
+
+    @property
+    def scratch(self) -> Path | None:
+        return None if self.folder is None else self.folder / "scratch"
 
     def __enter__(self) -> "RaySession":
         import ray
@@ -45,14 +58,18 @@ class RaySession:
             return self
         if self.address is not None:
             ray.init(address=self.address, log_to_driver=False, runtime_env=ray_runtime_env())
-        else:
-            temp = Path(self.temp_dir) if self.temp_dir else None
-            if temp is None:  # short: Ray's socket paths under it must stay below 108 characters
-                temp = self._made_temp = Path(tempfile.mkdtemp(prefix="duplexgym-ray-"))
-            temp.mkdir(parents=True, exist_ok=True)
-            ray.init(_temp_dir=str(temp), include_dashboard=False, num_cpus=max(2, os.cpu_count() or 1),
-                     log_to_driver=False, runtime_env=ray_runtime_env())
+            self.started = True
+            return self
+        parent = Path(self.temp_dir) if self.temp_dir else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix="duplexgym-ray-", dir=parent))
+        ray.init(_temp_dir=str(self.folder), include_dashboard=False, num_cpus=max(2, os.cpu_count() or 1),
+                 log_to_driver=False, runtime_env=ray_runtime_env())
         self.started = True
+        node_id = ray.get_runtime_context().get_node_id()
+        self._reaper = subprocess.Popen(
+            [sys.executable, "-m", "duplexgym.agents.training.ray_reaper", str(self.folder), node_id,
+             str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -60,8 +77,14 @@ class RaySession:
 
         if self.started:
             ray.shutdown()
-        if self._made_temp is not None:
-            shutil.rmtree(self._made_temp, ignore_errors=True)
+        if self._reaper is not None:  # it stops what ray.shutdown left and removes the folder
+            self._reaper.stdin.close()
+            try:
+                self._reaper.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self._reaper.kill()
+        elif self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None, on_start=None,
@@ -78,10 +101,10 @@ def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None
     checkpoint in RLlib's own (pickled) format. ``on_start(algo, k)`` is called once the algorithm is
     built (and restored)."""
     out = []
-    with RaySession(cfg.ray_address, ray_temp_dir):
+    with RaySession(cfg.ray_address, ray_temp_dir) as session:
         algo = None
         try:
-            algo = algorithm_config(cfg, segments).build_algo()
+            algo = algorithm_config(cfg, segments, logdir=session.scratch).build_algo()
             start = 0
             if resume is not None:
                 start = restore_training_checkpoint(algo, resume, trust_pickled=trust_pickled_checkpoint)
@@ -99,16 +122,8 @@ def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None
                     on_iteration(algo, m)
         finally:
             if algo is not None:
-                logdir = getattr(algo, "logdir", None)
                 algo.stop()
-                _remove_if_empty(logdir)
     return out
-
-
-def _remove_if_empty(folder) -> None:
-    """Remove RLlib's per-run logger folder (``~/ray_results/<time>``) when nothing was written there."""
-    if folder and os.path.isdir(folder) and not os.listdir(folder):
-        os.rmdir(folder)
 
 
 def _num(x) -> float:

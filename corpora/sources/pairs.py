@@ -26,6 +26,11 @@ from duplexgym.corpora.transcript import load_transcript
 MAX_LENGTH_MISMATCH_S = 1.0
 
 
+#: What a pairs track must be (said when a track has more channels).
+ONE_SPEAKER = ("a pairs track holds one speaker; for 2-channel recordings (one speaker per channel) use the "
+               "stereo format: a folder of such files, `--format stereo`")
+
+
 class BadListingLine(InputFileError):
     """A line of the listing itself is unusable; the build skips just that line."""
 
@@ -81,8 +86,8 @@ def _parse_line(line: str, number: int, listing: Path, root: Path) -> DialogueSo
     files = tuple(p for p in (track_a, track_b, transcript) if p is not None)
 
     def load() -> Dialogue:
-        a = read_tracks(track_a, channels=1)[0]
-        b = read_tracks(track_b, channels=1)[0]
+        a = read_tracks(track_a, channels=1, hint=ONE_SPEAKER)[0]
+        b = read_tracks(track_b, channels=1, hint=ONE_SPEAKER)[0]
         mismatch = abs(len(a) - len(b)) / 24_000
         if mismatch > MAX_LENGTH_MISMATCH_S:
             raise InputFileError(

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import soundfile as sf
+from duplexgym.corpora.audio import write_audio
 from duplexgym.corpora.dialogue import SPEAKERS, other_speaker
 from duplexgym.corpora.synthetic import phrases
 from duplexgym.corpora.synthetic.tts import (
@@ -234,7 +234,7 @@ def _up_to_date(stamp_path: Path, stamp_text: str, out: Path, names: list[str]) 
 
 def _write_dialogue(out: Path, name: str, seed: int, index: int, params: SyntheticParams) -> None:
     tracks, words, truth = render_dialogue(seed, index, params)
-    sf.write(str(out / f"{name}.wav"), tracks.T, SAMPLE_RATE, subtype="PCM_16")
+    write_audio(out / f"{name}.wav", tracks.T, SAMPLE_RATE, subtype="PCM_16")
     (out / f"{name}.json").write_text(json.dumps({"words": words}, indent=1) + "\n", encoding="utf-8")
     (out / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
 
