@@ -11,16 +11,21 @@
    preallocated record (``rec[t] = actions[t]``). Targets (the issue): a step costs at most 5x the
    floor, and at least 50,000 steps/s on one core.
 3. Episode scoring with rule rewards and silero VAD: ``rewards.scoring.score_episode`` in waveform
-   mode (default spec: ``vad`` reader) on the oracle's episodes (the human reference's audio, real
-   speech), against the episodes' audio duration: the real-time factor. Target: >= 100x. silero is
-   loaded and run once before timing.
+   mode (default spec: ``vad`` reader, ``metrics.source: vad``) on the oracle's episodes (the human
+   reference's audio, real speech), against the episodes' audio duration: the real-time factor.
+   Target: >= 100x. silero is loaded and run once before timing.
+4. Same run, same records: the same spec with ``metrics.source: asr`` (the Full-Duplex-Bench
+   metrics from faster-whisper words, whisper-base int8; the model loaded and run once before
+   timing; ``--asr-reps`` repetitions, it is slow). Reported: CPU seconds per minute of audio for
+   both, and the ratio. Target: the VAD path at least 20x faster. (ASR uses the threads
+   CTranslate2 starts; CPU time counts them all.)
 
 One core: OMP/MKL/OpenBLAS get one thread (set before numpy is imported) and torch
 ``set_num_threads(1)``. Times are CPU time of this process (``time.process_time_ns``), garbage
 collection off while timing (as ``timeit`` does); each figure is the median over ``--reps``
 repetitions, env and floor interleaved segment by segment in every repetition.
 
-Usage: python benchmarks/env_step.py [--corpus DIR] [--segments N] [--reps N] [--score-segments N]
+Usage: python benchmarks/env_step.py [--corpus DIR] [--segments N] [--reps N] [--score-segments N] [--asr-reps N]
 (default: runs/default-corpus, built by ``duplexgym corpus build synthetic --out
 runs/default-corpus --codec tiny``). Prints a table and writes benchmarks/results/env_step.json.
 """
@@ -58,6 +63,7 @@ ENV_ID = "duplexgym/TurnTaking-v0"
 TARGET_RATIO = 5.0
 TARGET_STEPS_S = 50_000
 TARGET_RTF = 100.0
+TARGET_ASR_RATIO = 20.0
 clock = time.process_time_ns
 
 
@@ -148,10 +154,30 @@ def bench_steps(corpus: ReplayCorpus, n_segments: int, reps: int) -> dict:
     return out
 
 
-def bench_scoring(corpus: ReplayCorpus, per_axis: int, reps: int) -> dict:
+def _time_scoring(records: list, spec, reps: int) -> tuple[float, float]:
+    """Median CPU seconds and median wall seconds of scoring every record once under ``spec``."""
+    times, walls = [], []
+    gc.disable()
+    try:
+        for _ in range(reps):
+            w0, t0 = time.perf_counter(), clock()
+            for record in records:
+                score_episode(record, spec)
+            times.append((clock() - t0) / 1e9)
+            walls.append(time.perf_counter() - w0)
+    finally:
+        gc.enable()
+    return statistics.median(times), statistics.median(walls)
+
+
+def bench_scoring(corpus: ReplayCorpus, per_axis: int, reps: int, asr_reps: int) -> dict:
+    import dataclasses
+
+    from duplexgym.rewards.activity import MetricsParams
+
     env = DuplexReplayEnv(corpus, axes=AXES, obs_mode="waveform", action_mode="waveform")
     spec = env.reward_spec
-    assert spec.activity.reader == "vad"
+    assert spec.activity.reader == "vad" and spec.metrics.source == "vad"
     agent = make_agent("oracle", env)
     segments = [s for axis in AXES for s in spread(corpus.select((axis,)), per_axis)]
     records = []
@@ -169,17 +195,12 @@ def bench_scoring(corpus: ReplayCorpus, per_axis: int, reps: int) -> dict:
     if speech_s <= 0:
         raise RuntimeError("the oracle's records hold no agent speech: nothing real to score")
 
-    times = []
-    gc.disable()
-    try:
-        for _ in range(reps):
-            t0 = clock()
-            for record in records:
-                score_episode(record, spec)
-            times.append((clock() - t0) / 1e9)
-    finally:
-        gc.enable()
-    score_s = statistics.median(times)
+    score_s, wall_s = _time_scoring(records, spec, reps)
+    asr_spec = dataclasses.replace(spec, metrics=MetricsParams(source="asr"))
+    warm = score_episode(records[0], asr_spec)  # loads whisper-base
+    asr_failed = sorted({name for r in records[:1] for name in warm["failed"]})
+    asr_s, asr_wall_s = _time_scoring(records, asr_spec, asr_reps)
+    minutes = audio_s / 60.0
     return {
         "episodes": len(records),
         "audio_s": round(audio_s, 3),
@@ -187,6 +208,16 @@ def bench_scoring(corpus: ReplayCorpus, per_axis: int, reps: int) -> dict:
         "failed_terms": failed,
         "score_ms_per_episode": round(score_s / len(records) * 1e3, 3),
         "real_time_factor": round(audio_s / score_s, 1),
+        "metric_sources": {
+            "vad": {"reps": reps, "cpu_s_per_audio_min": round(score_s / minutes, 3),
+                    "wall_s_per_audio_min": round(wall_s / minutes, 3),
+                    "score_ms_per_episode": round(score_s / len(records) * 1e3, 3)},
+            "asr": {"reps": asr_reps, "cpu_s_per_audio_min": round(asr_s / minutes, 3),
+                    "wall_s_per_audio_min": round(asr_wall_s / minutes, 3),
+                    "cpu_s_per_speech_min": round(asr_s / (speech_s / 60.0), 3),
+                    "score_ms_per_episode": round(asr_s / len(records) * 1e3, 3), "failed_terms": asr_failed},
+            "asr_over_vad_cpu": round(asr_s / score_s, 1),
+        },
     }
 
 
@@ -196,6 +227,7 @@ def main() -> int:
     parser.add_argument("--segments", type=int, default=32, help="turn segments stepped per repetition")
     parser.add_argument("--reps", type=int, default=9, help="repetitions (medians reported)")
     parser.add_argument("--score-segments", type=int, default=4, help="scored episodes per axis")
+    parser.add_argument("--asr-reps", type=int, default=1, help="repetitions of the ASR-based scoring")
     args = parser.parse_args()
 
     import torch
@@ -205,7 +237,7 @@ def main() -> int:
     if not corpus.has_codes:
         parser.error(f"{corpus.path}: built without --codec; codes/tokens mode needs Mimi codes")
     steps = bench_steps(corpus, args.segments, args.reps)
-    scoring = bench_scoring(corpus, args.score_segments, args.reps)
+    scoring = bench_scoring(corpus, args.score_segments, args.reps, args.asr_reps)
 
     floor_us = steps["floor_step_us"]
     print(f"{steps['segments']} turn segments, {steps['frames_per_rep']} frames per repetition, "
@@ -231,6 +263,11 @@ def main() -> int:
           f"audio ({scoring['agent_speech_s']:.1f} s agent speech), {scoring['score_ms_per_episode']:.1f} ms per "
           f"episode, {scoring['real_time_factor']:.0f}x real time "
           f"(target >= {TARGET_RTF:.0f}x: {verdict(scoring['real_time_factor'] >= TARGET_RTF)})")
+    src = scoring["metric_sources"]
+    ratio = src["asr_over_vad_cpu"]
+    print(f"FD-Bench metric sources, same records: vad {src['vad']['cpu_s_per_audio_min']:.2f} CPU s per audio minute, "
+          f"asr {src['asr']['cpu_s_per_audio_min']:.2f} ({src['asr']['cpu_s_per_speech_min']:.1f} per speech minute): "
+          f"vad {ratio:.1f}x faster (target >= {TARGET_ASR_RATIO:.0f}x: {verdict(ratio >= TARGET_ASR_RATIO)})")
 
     def rounded(d: dict) -> dict:
         return {k: round(v, 3) for k, v in d.items()}
@@ -255,6 +292,8 @@ def main() -> int:
             "steps_s_min": TARGET_STEPS_S, "step_steps_s_met": raw["step_steps_s"] >= TARGET_STEPS_S,
             "episode_steps_s_met": raw["episode_steps_s"] >= TARGET_STEPS_S,
             "real_time_factor_min": TARGET_RTF, "real_time_factor_met": scoring["real_time_factor"] >= TARGET_RTF,
+            "asr_over_vad_min": TARGET_ASR_RATIO,
+            "asr_over_vad_met": scoring["metric_sources"]["asr_over_vad_cpu"] >= TARGET_ASR_RATIO,
         },
     }
     RESULTS.parent.mkdir(exist_ok=True)

@@ -6,21 +6,39 @@ Corpus folder layout::
     corpus.json            how it was built: format, source, options, codec, summary
     events.jsonl           every event detected in every dialogue (candidates before selection)
     audio/{id}.flac        2 channels, 24 kHz, 16 bit: user, human reference
+    audio/{id}.context.flac  the recording just before the segment, same channels: the last
+                           ``context_s`` seconds (manifest field) before ``start_s``, whole frames
     codes/{id}.npz         Mimi codes "user" and "reference" (int16 [8, n_frames]) with --codec
+    codes/{id}.context.npz the context's codes, same keys (int16 [8, context frames])
     source/                the rendered dialogues of the synthetic format
     .work/                 resume state: per-dialogue detections, VAD probabilities
 
 Stages: (1) per dialogue, load -> VAD -> events, saved in ``.work`` as soon as each batch of
 dialogues is done; (2) cut candidates and select ``per_axis`` per axis with ``seed``; (3) write the
-segment audio; (4) codes. A rerun reuses every finished piece whose inputs and options are
-unchanged, so an interrupted build resumes. Bad input files are skipped and reported in the
-summary with the reason; the good ones are built.
+segment audio and its context; (4) codes of both. A rerun reuses every finished piece whose
+inputs and options are unchanged, so an interrupted build resumes. Bad input files are skipped and
+reported in the summary with the reason; the good ones are built.
+
+Rules (``rules``, ``--rules``): ``duplexgym`` (default) detects events with :mod:`.events` and
+cuts segments with :mod:`.segments`; ``paper`` uses the seed paper's utterance-level criteria and
+windows, :mod:`.paper`. Both give the same manifest schema; ``corpus.json`` records which
+(``"rules"``; ``null`` for fdb1, whose segments come ready-made).
+
+Context (``context_s``, ``--context-s``, default 30 s; 0 stores none): for each segment, the
+``n`` whole 80 ms frames of both tracks that end exactly at the segment's first sample
+(``round(start_s * 24000)``), ``n = floor(min(context_s, start_s) / 0.08)``: fewer at the start of
+a dialogue. The manifest's ``context_s`` is ``n * 0.08``. With ``--codec`` its codes are
+:func:`.codec.encode` of that audio alone (a stream started at the context's first frame), as a
+segment's codes are of the segment's audio alone; :meth:`duplexgym.envs.corpus.ReplayCorpus.context`
+reads both. Context files are journaled like segment files (ids ``{id}.context``), so builds stay
+resumable and byte-deterministic and a build with another ``context_s`` rewrites only what changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -39,15 +57,16 @@ from duplexgym.corpora.events import (
     event_from_dict,
     event_to_dict,
 )
-from duplexgym.corpora.manifest import Segment, read_manifest, write_manifest
+from duplexgym.corpora.manifest import CONTEXT_SUFFIX, Segment, read_manifest, write_manifest
+from duplexgym.corpora.paper import PaperParams, cut_paper_segments, detect_paper_events, paper_event_from_dict
 from duplexgym.corpora.segments import SegmentParams, cut_segments, select_segments
 from duplexgym.corpora.sources import FORMATS, DialogueSource
 from duplexgym.corpora.vad import VadParams, params_dict, speech_spans
 
-from duplexgym.constants import AXES, FRAME_SAMPLES, SAMPLE_RATE
+from duplexgym.constants import AXES, FRAME_S, FRAME_SAMPLES, SAMPLE_RATE
 
 #: Bump when the layout or the meaning of the .work files changes.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 #: Dialogues are loaded and VAD-ed together in groups of at most this much audio (s), so the
 #: VAD batches are full and memory stays bounded (about 23 MB per minute of stereo audio).
 GROUP_AUDIO_S = 1200.0
@@ -55,20 +74,29 @@ GROUP_AUDIO_S = 1200.0
 CODES_BATCH_ROWS = 16
 #: Default number of dialogues of the synthetic format.
 DEFAULT_SYNTHETIC_DIALOGUES = 48
+#: Segment rules: ours (:mod:`.events`, :mod:`.segments`) and the seed paper's (:mod:`.paper`).
+RULES = ("duplexgym", "paper")
+#: Default seconds of recording stored before each segment.
+DEFAULT_CONTEXT_S = 30.0
 
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """Everything that shapes a corpus besides the source. ``dialogues``: synthetic format only."""
+    """Everything that shapes a corpus besides the source. ``dialogues``: synthetic format only.
+    ``rules``: one of :data:`RULES`; ``detection`` and ``segments`` shape the ``duplexgym`` rules,
+    ``paper`` the ``paper`` rules. ``context_s``: seconds of recording stored before each segment."""
 
     format: str | None = None
     per_axis: int = 2000
     seed: int = 0
     codec: str | None = None
     dialogues: int | None = None
+    rules: str = "duplexgym"
+    context_s: float = DEFAULT_CONTEXT_S
     vad: VadParams = field(default_factory=VadParams)
     detection: DetectionParams = field(default_factory=DetectionParams)
     segments: SegmentParams = field(default_factory=SegmentParams)
+    paper: PaperParams = field(default_factory=PaperParams)
 
     def __post_init__(self):
         if self.format is not None and self.format not in FORMATS:
@@ -77,6 +105,11 @@ class BuildOptions:
             raise SourceError(f"--per-axis must be >= 0, got {self.per_axis}")
         if self.dialogues is not None and self.dialogues < 1:
             raise SourceError(f"--dialogues must be >= 1, got {self.dialogues}")
+        if self.rules not in RULES:
+            raise SourceError(f"--rules must be one of {', '.join(RULES)}, got {self.rules!r}")
+        context = self.context_s
+        if isinstance(context, bool) or not isinstance(context, (int, float)) or not math.isfinite(context) or context < 0:
+            raise SourceError(f"--context-s must be a finite number of seconds >= 0, got {context!r}")
 
 
 @dataclass
@@ -181,6 +214,8 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     fmt = options.format or infer_format(source)
     if options.dialogues is not None and fmt != "synthetic":
         raise SourceError("--dialogues applies to the synthetic format only")
+    if fmt == "fdb1" and options.rules != "duplexgym":
+        raise SourceError("--rules does not apply to the fdb1 format: its segments come ready-made")
     mimi = _load_codec(options.codec)  # fail on a bad --codec before anything is written
     claim_out(out, None if fmt == "synthetic" else source_root(source, fmt))
     summary = BuildSummary(out=str(out), format=fmt)
@@ -195,7 +230,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
     for axis in AXES:
         summary.candidates[axis] = sum(1 for s in candidates if s.axis == axis)
     selected = select_segments(candidates, options.per_axis, options.seed)
-    selected = _write_audio(selected, loaders, fingerprints, out, summary, progress)
+    selected = _write_audio(selected, loaders, fingerprints, out, summary, progress, options.context_s)
     if mimi is not None:
         selected = _write_codes(selected, mimi, out, progress)
     for axis in AXES:
@@ -209,6 +244,7 @@ def build_corpus(source: str | Path, out: str | Path, options: BuildOptions = Bu
         "build_version": BUILD_VERSION,
         "source": source,
         "format": fmt,
+        "rules": None if fmt == "fdb1" else options.rules,
         "options": _options_json(options),
         "codec": None if mimi is None else _codec_id(mimi),
         "silence_codes": None if mimi is None else _silence_codes(mimi),
@@ -251,7 +287,8 @@ def _dialogue_sources(source: str, fmt: str, out: Path, options: BuildOptions, s
 
 
 def _fingerprint(src: DialogueSource, options: BuildOptions) -> str:
-    return _files_fingerprint(src.files, {"vad": params_dict(options.vad), "detection": asdict(options.detection)})
+    rules = {"detection": asdict(options.detection)} if options.rules == "duplexgym" else {"paper": asdict(options.paper)}
+    return _files_fingerprint(src.files, {"vad": params_dict(options.vad), "rules": options.rules, **rules})
 
 
 def _files_fingerprint(paths: Iterable[Path], extra: dict) -> str:
@@ -304,10 +341,14 @@ def _detect_all(sources: list[DialogueSource], out: Path, options: BuildOptions,
             continue
         summary.dialogues += 1
         summary.audio_s += res["duration_s"]
-        events = [event_from_dict(e) for e in res["events"]]
-        events_lines.extend(json.dumps({"dialogue": src.id, **event_to_dict(e)}, sort_keys=True) for e in events)
+        events_lines.extend(json.dumps({"dialogue": src.id, **e}, sort_keys=True) for e in res["events"])
         spans = {k: [tuple(x) for x in v] for k, v in res["spans"].items()}
-        candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments, spans))
+        if options.rules == "paper":
+            events = [paper_event_from_dict(e) for e in res["events"]]
+            candidates.extend(cut_paper_segments(src.id, res["duration_s"], events, _words(res), options.paper, spans))
+        else:
+            events = [event_from_dict(e) for e in res["events"]]
+            candidates.extend(cut_segments(src.id, res["duration_s"], events, _words(res), options.segments, spans))
     summary.audio_s = round(summary.audio_s, 3)
     fingerprints = {did: res["fingerprint"] for did, res in results.items()}
     return candidates, events_lines, loaders, fingerprints
@@ -327,7 +368,10 @@ def _detect_group(group: list[tuple[Dialogue, str]], work: Path, options: BuildO
     results = {}
     for i, (dialogue, key) in enumerate(group):
         per_speaker = {"A": spans[2 * i], "B": spans[2 * i + 1]}
-        events = detect_events(per_speaker, dialogue.words, options.detection)
+        if options.rules == "paper":
+            events = detect_paper_events(per_speaker, options.paper)
+        else:
+            events = detect_events(per_speaker, dialogue.words, options.detection)
         res = {
             "fingerprint": key,
             "dialogue": dialogue.id,
@@ -371,40 +415,72 @@ def _segment_key(seg: Segment, fingerprint: str) -> str:
     return hashlib.sha256(f"{fingerprint}:{seg.start_s}:{seg.n_frames}:{seg.user}".encode()).hexdigest()[:24]
 
 
+def _context_key(seg: Segment, fingerprint: str, n_frames: int) -> str:
+    return hashlib.sha256(f"{fingerprint}:{seg.start_s}:{n_frames}:{seg.user}:context".encode()).hexdigest()[:24]
+
+
+def context_frames(start_s: float, context_s: float) -> int:
+    """Whole 80 ms frames of context stored before a segment starting at ``start_s``: at most
+    ``context_s`` seconds and at most the recording before the segment's first sample."""
+    lo = int(round(start_s * SAMPLE_RATE))
+    return min(int(math.floor(context_s / FRAME_S + 1e-9)), lo // FRAME_SAMPLES)
+
+
 def _write_audio(selected: list[Segment], loaders: dict, fingerprints: dict[str, str], out: Path,
-                 summary: BuildSummary, progress: Progress) -> list[Segment]:
+                 summary: BuildSummary, progress: Progress, context_s: float) -> list[Segment]:
+    """Each segment's ``audio/{id}.flac`` and, when it has context, ``audio/{id}.context.flac``;
+    the segments come back with ``audio`` and ``context_s`` set."""
     audio_dir = out / "audio"
     audio_dir.mkdir(exist_ok=True)
     journal = _Journal(out / ".work" / "audio.journal")
-    by_dialogue: dict[str, list[Segment]] = {}
+    by_dialogue: dict[str, list[tuple[Segment, bool, int]]] = {}
+    contexts: dict[str, int] = {}
     for seg in selected:
-        path = audio_dir / f"{seg.id}.flac"
-        if not (path.is_file() and journal.get(seg.id) == _segment_key(seg, fingerprints[seg.dialogue])):
-            by_dialogue.setdefault(seg.dialogue, []).append(seg)
+        fp = fingerprints[seg.dialogue]
+        n_ctx = context_frames(seg.start_s, context_s)
+        contexts[seg.id] = n_ctx
+        seg_todo = not ((audio_dir / f"{seg.id}.flac").is_file() and journal.get(seg.id) == _segment_key(seg, fp))
+        ctx_todo = n_ctx > 0 and not ((audio_dir / f"{seg.id}{CONTEXT_SUFFIX}.flac").is_file()
+                                      and journal.get(seg.id + CONTEXT_SUFFIX) == _context_key(seg, fp, n_ctx))
+        if seg_todo or ctx_todo:
+            by_dialogue.setdefault(seg.dialogue, []).append((seg, seg_todo, n_ctx if ctx_todo else 0))
     failed: set[str] = set()
     try:
-        for did, segs in progress(sorted(by_dialogue.items()), "audio", len(by_dialogue)):
+        for did, todo in progress(sorted(by_dialogue.items()), "audio", len(by_dialogue)):
             try:
                 dialogue = loaders[did]()
             except InputFileError as exc:  # the file changed or vanished since detection
                 summary.skipped.append({"file": exc.path, "reason": exc.problem})
-                failed.update(s.id for s in segs)
+                failed.update(s.id for s, _, _ in todo)
                 continue
-            for seg in segs:
+            for seg, seg_todo, n_ctx in todo:
                 lo = int(round(seg.start_s * SAMPLE_RATE))
-                n = seg.n_frames * FRAME_SAMPLES
-                clip = np.zeros((n, 2), dtype=np.float32)
-                user = dialogue.track(seg.user)[lo : lo + n]
-                ref = dialogue.track(seg.reference)[lo : lo + n]
-                clip[: len(user), 0] = user
-                clip[: len(ref), 1] = ref
-                write_audio(audio_dir / f"{seg.id}.flac", clip, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
-                journal.add(seg.id, _segment_key(seg, fingerprints[did]))
+                if seg_todo:
+                    n = seg.n_frames * FRAME_SAMPLES
+                    write_audio(audio_dir / f"{seg.id}.flac", _clip(dialogue, seg, lo, lo + n), SAMPLE_RATE,
+                                subtype="PCM_16", format="FLAC")
+                    journal.add(seg.id, _segment_key(seg, fingerprints[did]))
+                if n_ctx:
+                    clip = _clip(dialogue, seg, lo - n_ctx * FRAME_SAMPLES, lo)
+                    write_audio(audio_dir / f"{seg.id}{CONTEXT_SUFFIX}.flac", clip, SAMPLE_RATE, subtype="PCM_16",
+                                format="FLAC")
+                    journal.add(seg.id + CONTEXT_SUFFIX, _context_key(seg, fingerprints[did], n_ctx))
     finally:
         journal.close()
     return [
-        Segment(**{**s.__dict__, "audio": f"audio/{s.id}.flac"}) for s in selected if s.id not in failed
+        Segment(**{**s.__dict__, "audio": f"audio/{s.id}.flac", "context_s": round(contexts[s.id] * FRAME_S, 6)})
+        for s in selected if s.id not in failed
     ]
+
+
+def _clip(dialogue: Dialogue, seg: Segment, lo: int, hi: int) -> np.ndarray:
+    """Samples ``lo:hi`` of the segment's user and reference tracks, ``[hi - lo, 2]`` (zeros past the end)."""
+    clip = np.zeros((hi - lo, 2), dtype=np.float32)
+    user = dialogue.track(seg.user)[lo:hi]
+    ref = dialogue.track(seg.reference)[lo:hi]
+    clip[: len(user), 0] = user
+    clip[: len(ref), 1] = ref
+    return clip
 
 
 # --- stage 4: codes -----------------------------------------------------------------------
@@ -435,9 +511,9 @@ def _codec_id(mimi) -> str:
 
 
 def _write_codes(selected: list[Segment], mimi, out: Path, progress: Progress) -> list[Segment]:
-    """Mimi codes of each segment's user and reference channel, in batches of a fixed
-    :data:`CODES_BATCH_ROWS` rows (zero rows pad the last): a row's codes depend only on its own
-    samples (checked bit for bit in the tests), so resumed and fresh builds agree."""
+    """Mimi codes of each segment's user and reference channel, and of its context's, in batches of
+    a fixed :data:`CODES_BATCH_ROWS` rows (zero rows pad the last): a row's codes depend only on
+    its own samples (checked bit for bit in the tests), so resumed and fresh builds agree."""
     from duplexgym.corpora.codec import codec_id, encode
 
     cid = codec_id(mimi)
@@ -446,26 +522,28 @@ def _write_codes(selected: list[Segment], mimi, out: Path, progress: Progress) -
     audio_keys = _Journal(out / ".work" / "audio.journal")
     audio_keys.close()
     journal = _Journal(out / ".work" / "codes.journal")
-    key = lambda seg: f"{cid}:{audio_keys.get(seg.id)}"  # noqa: E731
-    todo = [s for s in selected if not ((codes_dir / f"{s.id}.npz").is_file() and journal.get(s.id) == key(s))]
-    todo.sort(key=lambda s: (s.n_frames, s.id))  # similar lengths share a batch: little padding
+    key = lambda jid: f"{cid}:{audio_keys.get(jid)}"  # noqa: E731
+    items = [(s.id, s.n_frames) for s in selected]  # (journal id = file stem, frames)
+    items += [(s.id + CONTEXT_SUFFIX, int(round(s.context_s / FRAME_S))) for s in selected if s.context_s]
+    todo = [(jid, n) for jid, n in items if not ((codes_dir / f"{jid}.npz").is_file() and journal.get(jid) == key(jid))]
+    todo.sort(key=lambda item: (item[1], item[0]))  # similar lengths share a batch: little padding
     per_batch = CODES_BATCH_ROWS // 2
     batches = [todo[i : i + per_batch] for i in range(0, len(todo), per_batch)]
     try:
         for batch in progress(batches, "codes", len(batches)):
-            n = max(s.n_frames for s in batch) * FRAME_SAMPLES
+            n = max(frames for _, frames in batch) * FRAME_SAMPLES
             rows = np.zeros((CODES_BATCH_ROWS, n), dtype=np.float32)
-            for i, seg in enumerate(batch):
-                audio, _ = sf.read(str(out / seg.audio), dtype="float32", always_2d=True)
+            for i, (jid, _) in enumerate(batch):
+                audio, _ = sf.read(str(out / "audio" / f"{jid}.flac"), dtype="float32", always_2d=True)
                 rows[2 * i : 2 * i + 2, : len(audio)] = audio.T
             codes = encode(mimi, rows)  # [rows, 8, frames]
-            for i, seg in enumerate(batch):
-                tmp = codes_dir / f".{seg.id}.tmp.npz"
+            for i, (jid, frames) in enumerate(batch):
+                tmp = codes_dir / f".{jid}.tmp.npz"
                 with open(tmp, "wb") as fh:
-                    np.savez(fh, user=codes[2 * i, :, : seg.n_frames], reference=codes[2 * i + 1, :, : seg.n_frames],
+                    np.savez(fh, user=codes[2 * i, :, :frames], reference=codes[2 * i + 1, :, :frames],
                              codec=np.array(cid))
-                os.replace(tmp, codes_dir / f"{seg.id}.npz")
-                journal.add(seg.id, key(seg))
+                os.replace(tmp, codes_dir / f"{jid}.npz")
+                journal.add(jid, key(jid))
     finally:
         journal.close()
     return [Segment(**{**seg.__dict__, "codes": f"codes/{seg.id}.npz"}) for seg in selected]
@@ -508,7 +586,7 @@ class _Journal:
 def _remove_orphans(out: Path, selected: list[Segment]) -> None:
     """Drop the audio/codes of segments no longer in the manifest (e.g. after a smaller --per-axis):
     only files this folder's journals say the build wrote; nothing else is ever deleted."""
-    keep = {s.id for s in selected}
+    keep = {s.id for s in selected} | {s.id + CONTEXT_SUFFIX for s in selected if s.context_s}
     for sub, suffix, journal_name in (("audio", ".flac", "audio.journal"), ("codes", ".npz", "codes.journal")):
         journal = _Journal(out / ".work" / journal_name)
         journal.close()

@@ -34,6 +34,14 @@ dialogue, not of the segment; ``null`` where not applicable)::
                                channel 0 = user, channel 1 = human reference
     codes               str    path of a .npz with "user" and "reference" Mimi codes
                                (int16 [8, n_frames]), or null without ``--codec``
+    context_s           float  seconds of the recording just before ``start_s`` that the corpus
+                               stores (whole 80 ms frames ending exactly at the segment's first
+                               sample; ``corpus build --context-s``, less at the start of a
+                               dialogue); 0 for none; null in corpora built before contexts.
+                               When > 0 the files are ``audio`` and ``codes`` with ``.context``
+                               before the suffix (:func:`context_paths`): ``audio/{id}.context.flac``
+                               (same channels as ``audio``) and ``codes/{id}.context.npz`` (same
+                               keys, ``[8, context_s / 0.08]``)
 
 Files are written with sorted keys and fixed float rounding, so the same input and seed give a
 byte-identical manifest.
@@ -49,6 +57,8 @@ from pathlib import Path
 from duplexgym.corpora.errors import SourceError
 
 MANIFEST_NAME = "manifest.jsonl"
+#: Inserted before the suffix of a segment's audio and codes paths to name its context's files.
+CONTEXT_SUFFIX = ".context"
 #: Decimal places kept for times in the manifest (0.1 ms).
 TIME_DECIMALS = 4
 
@@ -80,6 +90,7 @@ class Segment:
     has_reference: bool = True
     audio: str = ""
     codes: str | None = None
+    context_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -101,6 +112,19 @@ class Segment:
         if values.get("user_words") is not None:
             values["user_words"] = tuple(values["user_words"])
         return cls(**values)
+
+
+def context_paths(segment: Segment) -> tuple[str | None, str | None]:
+    """``(audio, codes)`` paths (relative to the corpus folder) of ``segment``'s stored context:
+    ``None`` where there is none (no context, or no codes)."""
+    if not segment.context_s:
+        return None, None
+
+    def insert(path: str) -> str:
+        stem, dot, suffix = path.rpartition(".")
+        return f"{stem}{CONTEXT_SUFFIX}{dot}{suffix}"
+
+    return insert(segment.audio), (insert(segment.codes) if segment.codes else None)
 
 
 def _rounded(value):

@@ -1,5 +1,8 @@
 """Per-axis segments cut around detected events, and their deterministic selection.
 
+These are the windows of the ``duplexgym`` rules (the default); the seed paper's rules and
+windows (``corpus build --rules paper``) are in :mod:`.paper`, and use :func:`select_segments` too.
+
 A segment is the stretch of a dialogue an episode replays: ``context_s`` of conversation before
 the event, the event, and a window after it for the agent to act in. The *user* is the speaker
 replayed to the agent; the *reference* is the other speaker, what a person actually did there:

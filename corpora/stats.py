@@ -19,7 +19,9 @@ def _describe(values: list[float]) -> dict:
 
 
 def corpus_stats(corpus_dir: str | Path) -> dict:
-    """Per-axis counts, durations (s) and the axis' event statistics (s)."""
+    """Per-axis counts, durations (s) and the axis' event statistics (s); the segment rules the
+    corpus was built with (``rules``: ``duplexgym`` or ``paper``; ``null`` for fdb1) and the
+    stored context per segment (``context_s``)."""
     from duplexgym.corpora.build import load_corpus_info
 
     segments = read_manifest(corpus_dir)
@@ -34,12 +36,14 @@ def corpus_stats(corpus_dir: str | Path) -> dict:
     return {
         "corpus": str(corpus_dir),
         "format": info.get("format"),
+        "rules": info.get("rules", None if info.get("format") == "fdb1" else "duplexgym"),
         "codec": info.get("codec"),
         "dialogues": (info.get("summary") or {}).get("dialogues", len({s.dialogue for s in segments})),
         "dialogues_with_segments": len({s.dialogue for s in segments}),
         "segments": len(segments),
         "total_s": round(sum(s.duration_s for s in segments), 3),
         "with_words": sum(1 for s in segments if s.user_words is not None),
+        "context_s": _describe([s.context_s for s in segments if s.context_s is not None]),
         "by_axis": by_axis,
     }
 
@@ -66,9 +70,11 @@ def _event_stats(axis: str, segs: list[Segment]) -> dict:
 def format_stats(stats: dict) -> str:
     """A plain-text table of :func:`corpus_stats` for people."""
     lines = [
-        f"corpus {stats['corpus']}  format={stats['format']}  codec={stats['codec'] or 'none'}",
+        f"corpus {stats['corpus']}  format={stats['format']}  rules={stats['rules'] or 'none'}  "
+        f"codec={stats['codec'] or 'none'}",
         f"{stats['dialogues']} dialogues, {stats['segments']} segments, {stats['total_s'] / 60:.1f} min"
-        f" ({stats['with_words']} with user words)",
+        f" ({stats['with_words']} with user words)"
+        + ("" if stats["context_s"]["n"] == 0 else f", context {stats['context_s']['mean']:.1f} s per segment on average"),
         "",
         f"{'axis':<13}{'segments':>9}{'dialogues':>10}{'mean s':>8}{'min s':>7}{'max s':>7}  event statistics",
     ]

@@ -23,7 +23,7 @@ def _corpus_build(args) -> int:
     )
 
     options = BuildOptions(format=args.format, per_axis=args.per_axis, seed=args.seed, codec=args.codec,
-                           dialogues=args.dialogues)
+                           dialogues=args.dialogues, rules=args.rules, context_s=args.context_s)
     progress = no_progress if args.quiet else tqdm_progress
     summary = build_corpus(args.source, args.out, options, progress=progress)
     if args.json:
@@ -76,6 +76,12 @@ def _print_summary(summary: dict, as_json: bool) -> None:
 
 
 def _eval(args) -> int:
+    if args.live:
+        return _eval_live(args)
+    for flag, value in (("--user", args.user), ("--dialogues", args.dialogues), ("--max-s", args.max_s),
+                        ("--script", args.script), ("--llm-url", args.llm_url)):
+        if value is not None:
+            raise ValueError(f"{flag} applies to live dialogues only: add --live")
     from duplexgym.agents.evaluation.evaluate import evaluate, format_table
 
     summary = evaluate(args.corpus, args.agent, per_axis=args.per_axis, seed=args.seed,
@@ -87,6 +93,33 @@ def _eval(args) -> int:
         print(format_table([summary]))
         if args.export:
             print(f"exported {summary['episodes']} episodes in Full-Duplex-Bench v1 layout to {args.export}")
+    return 0
+
+
+def _eval_live(args) -> int:
+    from duplexgym.agents.evaluation.live import live_eval
+
+    user = args.user or "replay"
+    llm = None
+    if user == "llm":
+        if args.llm_url is None or args.llm_model is None:
+            raise ValueError("--user llm needs --llm-url (an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1) "
+                             "and --llm-model")
+        llm = {"base_url": args.llm_url, "model": args.llm_model}
+    elif args.llm_url is not None:
+        raise ValueError("--llm-url applies to --user llm only")
+    if args.script is not None and user == "replay":
+        raise ValueError("--script applies to --user script or llm only")
+    summary, text = live_eval(args.corpus, args.agent, user=user, dialogues=args.dialogues, seed=args.seed,
+                              per_axis=args.per_axis, max_s=60.0 if args.max_s is None else args.max_s,
+                              obs_mode=args.obs_mode, action_mode=args.action_mode, rewards=args.rewards,
+                              script=args.script, llm=llm, export=args.export, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(text)
+        if args.export:
+            print(f"exported {summary['dialogues']} live dialogues (wav, timeline, transcript) to {args.export}")
     return 0
 
 
@@ -120,10 +153,17 @@ def _replay(args) -> int:
 def _train(args) -> int:
     import contextlib
     import os
+    import signal
 
     from duplexgym.agents.training.config import load_train_config
 
     cfg = load_train_config(args.config)  # validated before Ray is imported or started
+    if args.dry_run:
+        from duplexgym.agents.training.plan import format_plan, training_plan
+
+        plan = training_plan(cfg)
+        print(json.dumps(plan, sort_keys=True) if args.json else format_plan(plan))
+        return 0
     from duplexgym.agents.training.checkpoints import check_resume
     from duplexgym.agents.training.run import format_iteration, prepare_run_folder, resume_hint, run_training
 
@@ -132,18 +172,31 @@ def _train(args) -> int:
     prepare_run_folder(cfg, args.resume, args.overwrite, cfg_path=args.config)  # likewise
     run = dict(resume=args.resume, overwrite=args.overwrite, trust_pickled_checkpoint=args.trust_pickled_checkpoint)
     log = sys.stderr if args.json else sys.stdout
+    # A Ctrl-C that lands while Python runs a finalizer or a weakref callback is printed as
+    # "Exception ignored" and lost (seen in a test: the run went on to its last iteration), so the
+    # handler also notes it and the next finished iteration raises it again.
+    interrupted = []
+
+    def on_sigint(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    def after_iteration(m: dict) -> None:
+        print(format_iteration(m, cfg.iterations), file=log, flush=True)
+        if interrupted:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         if not args.json:
-            summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations), flush=True),
-                                   **run)
+            summary = run_training(cfg, on_iteration=after_iteration, **run)
         else:  # stdout holds the one JSON object; whatever Ray, RLlib or native code print goes to stderr
             sys.stdout.flush()
             saved = os.dup(1)
             try:
                 os.dup2(2, 1)
                 with contextlib.redirect_stdout(sys.stderr):
-                    summary = run_training(cfg, on_iteration=lambda m: print(format_iteration(m, cfg.iterations),
-                                                                             file=sys.stderr, flush=True), **run)
+                    summary = run_training(cfg, on_iteration=after_iteration, **run)
             finally:
                 sys.stdout.flush()
                 os.dup2(saved, 1)
@@ -215,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "Mimi .safetensors file; none: waveform envs only")
     build.add_argument("--dialogues", type=int, default=None,
                        help="synthetic format only: how many dialogues to render (none: 48)")
+    build.add_argument("--rules", choices=["duplexgym", "paper"], default="duplexgym",
+                       help="segment rules: duplexgym (ours) or paper (the seed paper's utterance-level criteria and "
+                            "windows; see corpora/paper.py)")
+    build.add_argument("--context-s", dest="context_s", type=float, default=30.0,
+                       help="seconds of recording stored before each segment (audio and codes), for training's "
+                            "context curriculum; 0 stores none")
     _json_quiet(build)
     build.set_defaults(func=_corpus_build)
 
@@ -259,7 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the agent answers with (" + MODES_HELP + ")")
     ev.add_argument("--rewards", default=None, help="a reward spec YAML; none: the env's default spec")
     ev.add_argument("--export", default=None,
-                    help="also write the episodes in Full-Duplex-Bench v1 layout to this (new or empty) folder")
+                    help="also write the episodes in Full-Duplex-Bench v1 layout to this (new or empty) folder "
+                         "(with --live: a wav, timeline and transcript per dialogue)")
+    ev.add_argument("--live", action="store_true",
+                    help="also play live multi-turn dialogues (duplexgym/Conversation-v0) with a simulated user that "
+                         "reacts to the agent, and print the live table after the replay table")
+    ev.add_argument("--user", choices=["replay", "script", "llm"], default=None,
+                    help="--live: what the user says: the corpus' human turns (replay, the default), staged tasks "
+                         "(script) or lines an OpenAI-compatible server writes (llm)")
+    ev.add_argument("--dialogues", type=int, default=None,
+                    help="--live: how many dialogues (none: each of the source's dialogues once)")
+    ev.add_argument("--max-s", dest="max_s", type=float, default=None, help="--live: seconds per dialogue (none: 60)")
+    ev.add_argument("--script", default=None,
+                    help="--live --user script|llm: a task script YAML (see configs/live/example.yaml; none: the "
+                         "built-in tasks)")
+    ev.add_argument("--llm-url", dest="llm_url", default=None,
+                    help="--live --user llm: the server writing the user's lines (e.g. http://127.0.0.1:8000/v1; key "
+                         "from $DUPLEXGYM_USER_API_KEY)")
+    ev.add_argument("--llm-model", dest="llm_model", default=None, help="--live --user llm: the model name there")
     _json_quiet(ev)
     ev.set_defaults(func=_eval)
 
@@ -294,7 +370,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trust-pickled-checkpoint", dest="trust_pickled_checkpoint", action="store_true",
                     help="let --resume read a checkpoint in RLlib's own format, whose .pkl files can run code when "
                          "loaded: only for checkpoints you made yourself")
-    tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end")
+    tr.add_argument("--dry-run", dest="dry_run", action="store_true",
+                    help="validate CONFIG and print the plan (segments per axis, groups, gradient steps, frames to "
+                         "generate, judge calls) without starting Ray or writing anything")
+    tr.add_argument("--json", action="store_true", help="print one JSON object with every iteration at the end "
+                                                         "(with --dry-run: the plan)")
     tr.set_defaults(func=_train)
     return parser
 

@@ -3,6 +3,10 @@
 Arrays are read once per segment and kept (the ``cache_segments`` most recently used; 64 by
 default, about 120 MB of 10 s segments per env), so resets after the first cost no file I/O. Shapes: audio float32 ``[2, n_frames * 1920]`` (row 0 user,
 row 1 human reference, 24 kHz); codes int16 ``[2, 8, n_frames]``.
+
+:meth:`ReplayCorpus.context` returns the recording stored just before a segment (for a training
+option that prepends context): whole 80 ms frames that end exactly at the segment's first sample,
+so ``context audio ++ segment audio`` is the dialogue's audio without a gap or an overlap.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import numpy as np
 import soundfile as sf
 from duplexgym.corpora.build import load_corpus_info
 from duplexgym.corpora.errors import SourceError
-from duplexgym.corpora.manifest import Segment, read_manifest
+from duplexgym.corpora.manifest import Segment, context_paths, read_manifest
+
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES, MIMI_CODEBOOKS
 
 
 class ReplayCorpus:
@@ -55,6 +61,53 @@ class ReplayCorpus:
         if not segment.codes:
             raise SourceError(f"{self.path}: segment {segment.id} has no Mimi codes; rebuild the corpus with --codec")
         return self._cached("codes", segment, self._read_codes)
+
+    def context(self, segment: Segment, seconds: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """The last whole frames of the recording stored before ``segment``, at most ``seconds``.
+
+        Returns ``(audio, codes)``: audio float32 ``[2, n * 1920]`` (user, human reference) and
+        codes int16 ``[2, 8, n]`` (``None`` when the corpus has no codes), ``n = min(floor(seconds
+        / 0.08), segment.context_s / 0.08)``; ``n = 0`` (empty arrays) when nothing is stored.
+
+        Alignment: the stored context is whole frames ending exactly at the segment's first sample
+        (``round(start_s * 24000)``), and this returns its *last* ``n`` frames, so the returned
+        audio ends where the segment's begins. Its codes are the last ``n`` frames of the codes a
+        streaming Mimi computes over the whole stored context (a stream started at its first
+        frame, as a segment's codes are of a stream started at the segment's first frame).
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not np.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"seconds must be a finite number >= 0, got {seconds!r}")
+        stored = int(round((segment.context_s or 0.0) / FRAME_S))
+        n = min(int(np.floor(seconds / FRAME_S + 1e-9)), stored)
+        has_codes = bool(segment.codes)
+        if n == 0:
+            empty = np.zeros((2, MIMI_CODEBOOKS, 0), dtype=np.int16) if has_codes else None
+            return np.zeros((2, 0), dtype=np.float32), empty
+        audio = self._cached("context_audio", segment, lambda seg: self._read_context_audio(seg, stored))
+        codes = self._cached("context_codes", segment, lambda seg: self._read_context_codes(seg, stored)) if has_codes else None
+        return audio[:, audio.shape[1] - n * FRAME_SAMPLES :], (None if codes is None else codes[:, :, stored - n :])
+
+    def _read_context_audio(self, segment: Segment, frames: int) -> np.ndarray:
+        path = self.path / context_paths(segment)[0]
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise SourceError(f"{path}: cannot read the context of segment {segment.id} ({exc})") from None
+        if rate != 24_000 or data.shape != (frames * FRAME_SAMPLES, 2):
+            raise SourceError(f"{path}: expected 2 x {frames * FRAME_SAMPLES} samples at 24000 Hz, "
+                              f"got {data.shape} at {rate} Hz")
+        return np.ascontiguousarray(data.T)
+
+    def _read_context_codes(self, segment: Segment, frames: int) -> np.ndarray:
+        path = self.path / context_paths(segment)[1]
+        try:
+            with np.load(path) as z:
+                codes = np.stack([z["user"], z["reference"]]).astype(np.int16)
+        except (OSError, KeyError, ValueError) as exc:
+            raise SourceError(f"{path}: cannot read the context codes of segment {segment.id} ({exc})") from None
+        if codes.shape != (2, MIMI_CODEBOOKS, frames):
+            raise SourceError(f"{path}: expected codes of shape (2, 8, {frames}), got {codes.shape}")
+        return codes
 
     def _cached(self, kind: str, segment: Segment, read) -> np.ndarray:
         key = (kind, segment.id)

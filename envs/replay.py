@@ -35,23 +35,39 @@ FORCED_SPEECH_TOKEN = 4
 OBS_MODES = ("codes", "waveform")
 #: Keys of ``reset(options=...)``: ``segment`` (an id to replay), ``stored_terms`` (reward terms to
 #: take from a saved record instead of computing them: replays of judged episodes).
-RESET_OPTIONS = {"segment", "stored_terms"}
+RESET_OPTIONS = {"segment", "stored_terms", "context_s", "lead_in_s"}
 ACTION_MODES = ("tokens", "waveform")
 
 
 @dataclass(frozen=True)
 class ForcedPrefix:
-    """The agent's forced opening of an interruption episode (empty elsewhere).
+    """The agent's forced frames at the start of an episode: a context's (the conversation before
+    the segment) and an interruption segment's opening. Empty when there are none.
 
-    ``frames``: how many frames ``k`` are forced; ``action``: what the env plays as the agent's
-    output there, ``[k, 9]`` int64 tokens or ``[k, 1920]`` float32 waveform; ``audio``: the human
-    reference's audio of those frames, float32 ``[k * 1920]``. One object per episode, so vector
-    envs can carry it in their infos (arrays of varying shape cannot be batched).
+    ``frames``: how many leading frames ``k`` it describes; ``action``: what the env plays as the
+    agent's output there, ``[k, 9]`` int64 tokens or ``[k, 1920]`` float32 waveform; ``audio``: the
+    human reference's audio of those frames, float32 ``[k * 1920]``; ``mask``: bool ``[k]``, which of
+    them are forced (False on the lead-in silence, where the agent speaks freely). One object per
+    episode, so vector envs can carry it in their infos (arrays of varying shape cannot be batched).
     """
 
     frames: int
     action: np.ndarray
     audio: np.ndarray
+    mask: np.ndarray | None = None
+
+    def forced(self) -> np.ndarray:
+        """bool ``[frames]``: the forced frames (all of them when no mask is given)."""
+        return np.ones(self.frames, dtype=bool) if self.mask is None else np.asarray(self.mask, dtype=bool)
+
+
+def _seconds_option(options: dict, key: str, default: float) -> float:
+    value = options.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise ValueError(f"reset options: {key} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 class ResetNeeded(RuntimeError):
@@ -173,7 +189,7 @@ class DuplexReplayEnv(gym.Env):
     def __init__(self, corpus: str | Path, axes=AXES, axis_weights: dict | None = None, obs_mode: str = "codes",
                  action_mode: str = "tokens", rewards=None, codec: str | None = None, text_card: int = TEXT_CARD,
                  segments=None, record_dir: str | Path | None = None, env_id: str | None = None,
-                 text_tokenizer: str | Path | None = None):
+                 text_tokenizer: str | Path | None = None, lead_in_s: float = 0.0):
         super().__init__()
         if obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
@@ -201,6 +217,9 @@ class DuplexReplayEnv(gym.Env):
         if action_mode == "tokens" and self.reward_spec.activity.reader == "vad" and not self.codec:
             raise ValueError("a vad reward reader in tokens mode needs a codec to decode the agent's tokens; pass codec=")
         self.env_id = env_id
+        if not isinstance(lead_in_s, (int, float)) or isinstance(lead_in_s, bool) or not 0 <= lead_in_s < 3600:
+            raise ValueError(f"lead_in_s must be a number of seconds >= 0, got {lead_in_s!r}")
+        self.lead_in_s = float(lead_in_s)
         self.record_dir = None if record_dir is None else Path(record_dir)
         self.text_tokenizer = None
         if text_tokenizer is not None:
@@ -236,36 +255,73 @@ class DuplexReplayEnv(gym.Env):
         if unknown:
             raise ValueError(f"reset options: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(RESET_OPTIONS))}")
         self._stored_terms = options.get("stored_terms")
+        lead_in_s = _seconds_option(options, "lead_in_s", self.lead_in_s)
+        context_s = _seconds_option(options, "context_s", 0.0)
         if options.get("segment") is not None:
             seg = self.corpus.by_id.get(options["segment"])
             if seg is None or seg.axis not in self._by_axis:
                 raise ValueError(f"reset options: no segment {options['segment']!r} of axes {tuple(self._by_axis)} in {self.corpus.path}")
         else:
             seg = self._sampler.draw(self.np_random)
-        self._begin(seg)
+        self._begin(seg, int(round(lead_in_s / FRAME_S)), int(round(context_s / FRAME_S)))
         return self._obs[0].copy(), self._reset_info()
 
-    def _begin(self, seg: Segment) -> None:
-        n = seg.n_frames
+    def _begin(self, seg: Segment, lead: int = 0, context: int = 0) -> None:
+        """Lay out one episode: ``lead`` frames of user silence, ``context`` frames of the
+        conversation before the segment (at most what the corpus stores), then the segment."""
+        f = seg.n_frames
+        ctx_audio, ctx_codes = self._context(seg, context)
+        context = ctx_audio.shape[1] // FRAME_SAMPLES
+        p = lead + context
+        n = p + f
         self._segment, self._n, self._t = seg, n, 0
+        self._lead, self._ctx, self._p = lead, context, p
         if self.obs_mode == "codes":
-            user = self.corpus.codes(seg)[0].T.astype(np.int64)  # [F, 8]
-            self._obs = np.concatenate([user, np.zeros((1, MIMI_CODEBOOKS), np.int64)])
+            silence = np.tile(self._silence_codes() if lead else np.zeros(MIMI_CODEBOOKS, np.int64), (lead, 1))
+            parts = [silence, ctx_codes[0].T.astype(np.int64), self.corpus.codes(seg)[0].T.astype(np.int64)]
+            self._obs = np.concatenate(parts + [np.zeros((1, MIMI_CODEBOOKS), np.int64)])  # [n + 1, 8]
         else:
-            user = self.corpus.audio(seg)[0].reshape(n, FRAME_SAMPLES)
-            self._obs = np.concatenate([user, np.zeros((1, FRAME_SAMPLES), np.float32)])
+            parts = [np.zeros((lead, FRAME_SAMPLES), np.float32), ctx_audio[0].reshape(context, FRAME_SAMPLES),
+                     self.corpus.audio(seg)[0].reshape(f, FRAME_SAMPLES)]
+            self._obs = np.concatenate(parts + [np.zeros((1, FRAME_SAMPLES), np.float32)])  # [n + 1, 1920]
         self._obs.setflags(write=False)
         self._obs_sha256 = hashlib.sha256(self._obs.tobytes()).hexdigest()
         self._k = self._forced_frames(seg)
-        self._forced = self._forced_actions(seg, self._k)
+        self._forced, self._fmask = self._forced_actions(seg, self._k, lead, ctx_audio, ctx_codes)
+        self._reference_head = np.concatenate([np.zeros(lead * FRAME_SAMPLES, np.float32), ctx_audio[1],
+                                               self.corpus.audio(seg)[1, : self._k * FRAME_SAMPLES]])
+        self._fmask_list = self._fmask.tolist()
         if self._tokens:
             self._act = np.zeros((n, N_STREAMS), dtype=np.int64)
         else:
             self._wave = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
-        self._pen_speak, self._pen_silent = penalties(seg, self.reward_spec, self._k)
+        speak, silent = penalties(seg, self.reward_spec, self._k)
+        self._pen_speak, self._pen_silent = np.concatenate([np.zeros(p), speak]), np.concatenate([np.zeros(p), silent])
         self._dense_on = self.reward_spec.dense_weight != 0.0
         self._rewards = np.zeros(n, dtype=np.float64)
         self._record: EpisodeRecord | None = None
+
+    def _context(self, seg: Segment, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """The last ``frames`` frames the corpus stores before ``seg`` (fewer when it stores less):
+        audio float32 ``[2, c * 1920]`` and codes int16 ``[2, 8, c]`` (empty ``c = 0``)."""
+        empty = np.zeros((2, 0), np.float32), np.zeros((2, MIMI_CODEBOOKS, 0), np.int16)
+        if frames <= 0 or not getattr(seg, "context_s", None):
+            return empty
+        audio, codes = self.corpus.context(seg, frames * FRAME_S)
+        if self.obs_mode == "codes" or self._tokens:
+            if codes is None:
+                raise ValueError(f"{self.corpus.path}: segment {seg.id} has context audio but no context codes; "
+                                 "rebuild the corpus with --codec")
+        else:
+            codes = np.zeros((2, MIMI_CODEBOOKS, audio.shape[1] // FRAME_SAMPLES), np.int16)
+        return audio, codes
+
+    def _silence_codes(self) -> np.ndarray:
+        codes = self.corpus.info.get("silence_codes")
+        if codes is None:
+            raise ValueError(f"{self.corpus.path}: corpus.json has no silence_codes for a lead-in in codes mode; "
+                             "rebuild the corpus with --codec")
+        return np.asarray(codes, dtype=np.int64)
 
     @staticmethod
     def _forced_frames(seg: Segment) -> int:
@@ -273,29 +329,46 @@ class DuplexReplayEnv(gym.Env):
             return 0
         return min(seg.n_frames, int(round((seg.agent_prefix_s[1] - seg.start_s) / FRAME_S)))
 
-    def _forced_actions(self, seg: Segment, k: int) -> np.ndarray:
-        if k == 0:
-            shape = (0, N_STREAMS) if self._tokens else (0, FRAME_SAMPLES)
-            return np.zeros(shape, dtype=np.int64 if self._tokens else np.float32)
+    def _forced_actions(self, seg: Segment, k: int, lead: int, ctx_audio: np.ndarray, ctx_codes: np.ndarray):
+        """What the env plays for the agent on every frame of the episode that it forces, and which
+        frames those are: ``(actions [n, 9] or [n, 1920], mask [n] bool)``. The lead-in is free; the
+        context is the human reference's (its codes, and padding text: the reference's words are
+        not known there); the segment's first ``k`` frames are the interruption prefix."""
+        c = ctx_audio.shape[1] // FRAME_SAMPLES
+        p, n = lead + c, lead + c + seg.n_frames
+        mask = np.zeros(n, dtype=bool)
+        mask[lead:p + k] = True
         if self.action_mode == "waveform":
-            return self.corpus.audio(seg)[1, : k * FRAME_SAMPLES].reshape(k, FRAME_SAMPLES)
-        forced = np.empty((k, N_STREAMS), dtype=np.int64)
-        forced[:, 1:] = self.corpus.codes(seg)[1, :, :k].T
-        spans = [(a - seg.start_s, b - seg.start_s) for a, b in seg.reference_spans_s or ()]
-        forced[:, 0] = text_stream(spans, seg.n_frames, FORCED_SPEECH_TOKEN, self.reward_spec.activity)[:k]
+            forced = np.zeros((n, FRAME_SAMPLES), dtype=np.float32)
+            forced[lead:p] = ctx_audio[1].reshape(c, FRAME_SAMPLES)
+            forced[p:p + k] = self.corpus.audio(seg)[1, : k * FRAME_SAMPLES].reshape(k, FRAME_SAMPLES)
+        else:
+            forced = np.zeros((n, N_STREAMS), dtype=np.int64)
+            forced[lead:p, 0] = TEXT_PAD
+            forced[lead:p, 1:] = ctx_codes[1].T
+            if k:
+                forced[p:p + k, 1:] = self.corpus.codes(seg)[1, :, :k].T
+                spans = [(a - seg.start_s, b - seg.start_s) for a, b in seg.reference_spans_s or ()]
+                forced[p:p + k, 0] = text_stream(spans, seg.n_frames, FORCED_SPEECH_TOKEN, self.reward_spec.activity)[:k]
         forced.setflags(write=False)
-        return forced
+        mask.setflags(write=False)
+        return forced, mask
 
     def _reset_info(self) -> dict:
-        seg = self._segment
+        seg, p, k = self._segment, self._p, self._k
+        head = p + k  # the leading frames the forced prefix describes
         return {
             "segment": seg.id,
             "axis": seg.axis,
-            "n_frames": seg.n_frames,
-            "event_frame": int((seg.event_s - seg.start_s) / FRAME_S),
-            "forced_frames": self._k,
-            "forced_prefix": ForcedPrefix(self._k, self._forced, self.corpus.audio(seg)[1, : self._k * FRAME_SAMPLES]),
-            "forced": self._k > 0,
+            "n_frames": self._n,
+            "segment_frames": seg.n_frames,
+            "prefix_frames": p,
+            "lead_in_frames": self._lead,
+            "context_frames": self._ctx,
+            "event_frame": p + int((seg.event_s - seg.start_s) / FRAME_S),
+            "forced_frames": head,
+            "forced_prefix": ForcedPrefix(head, self._forced[:head], self._reference_head, self._fmask[:head]),
+            "forced": bool(self._fmask_list[0]) if self._n else False,
         }
 
     # -- stepping -------------------------------------------------------------------------------
@@ -305,7 +378,7 @@ class DuplexReplayEnv(gym.Env):
         if t < 0 or t >= self._n:
             raise ResetNeeded("call reset() before step()" if t < 0 else
                               f"the episode ended after {self._n} frames; call reset() before stepping again")
-        forced = t < self._k
+        forced = self._fmask_list[t]
         if self._tokens:
             a = action if (type(action) is np.ndarray and action.shape == (9,) and action.dtype.kind in "iu") \
                 else self._coerce_tokens(action)
@@ -325,7 +398,7 @@ class DuplexReplayEnv(gym.Env):
         reward = float(self._pen_speak[t] if speaking else self._pen_silent[t]) if self._dense_on else 0.0
         t += 1
         self._t = t
-        info = {"frame": t - 1, "forced": forced}
+        info = {"frame": t - 1, "forced": forced, "in_segment": t > self._p}
         terminated = t == self._n
         if terminated:
             reward += self._finish(reward, info)
@@ -369,7 +442,7 @@ class DuplexReplayEnv(gym.Env):
         return a
 
     def _finish(self, dense_last: float, info: dict) -> float:
-        dense_total = float(self._rewards[: self._n - 1].sum()) + dense_last
+        dense_total = float(self._rewards[self._p : self._n - 1].sum()) + dense_last
         record = self._make_record()
         terms = score_episode(record, self.reward_spec, dense_total, stored=self._stored_terms)
         self._record = EpisodeRecord(**{**record.__dict__, "reward_terms": terms})
@@ -377,25 +450,33 @@ class DuplexReplayEnv(gym.Env):
         return terms["reward"]
 
     def _make_record(self) -> EpisodeRecord:
-        seg = self._segment
+        seg, p = self._segment, self._p
         tokens = self.action_mode == "tokens"
         text, words = None, None
+        act = self._act[p:] if tokens else None  # the segment's frames: rewards see only them
         if tokens and self.text_tokenizer is not None:
             from duplexgym.rewards.text import decode_words
 
-            text, words = decode_words(self._act[:, 0], self.text_tokenizer)
+            text, words = decode_words(act[:, 0], self.text_tokenizer)
+        prefix = None
+        if p:
+            prefix = {"lead_in_frames": self._lead, "context_frames": self._ctx,
+                      "text_tokens": self._act[:p, 0].astype(np.int32) if tokens else None,
+                      "audio_codes": self._act[:p, 1:].T.astype(np.int16) if tokens else None,
+                      "audio": None if tokens else self._wave[:p].reshape(-1).copy()}
         return EpisodeRecord(
             segment=seg,
             seed=self._seed,
             env=self._config,
             forced_frames=self._k,
-            text_tokens=self._act[:, 0].astype(np.int32) if tokens else None,
-            audio_codes=self._act[:, 1:].T.astype(np.int16) if tokens else None,
-            audio=None if tokens else self._wave.reshape(-1).copy(),
+            text_tokens=act[:, 0].astype(np.int32) if tokens else None,
+            audio_codes=act[:, 1:].T.astype(np.int16) if tokens else None,
+            audio=None if tokens else self._wave[p:].reshape(-1).copy(),
             agent_text=text,
             agent_words=words,
             obs_sha256=self._obs_sha256,
-            rewards=self._rewards,
+            rewards=self._rewards[p:],
+            prefix=prefix,
         )
 
     # -- records ------------------------------------------------------------------------------
@@ -422,6 +503,7 @@ class DuplexReplayEnv(gym.Env):
             "codec": self.codec,
             "codec_id": self.corpus.codec_id,
             "text_tokenizer": self.text_tokenizer,
+            "lead_in_s": self.lead_in_s,
             "rewards": self.reward_spec.to_dict(),
         }
 
@@ -430,4 +512,4 @@ class DuplexReplayEnv(gym.Env):
         if self._record is None:
             raise ResetNeeded("no finished episode yet: step until terminated first")
         rec = self._record
-        return EpisodeRecord(**{**rec.__dict__, "rewards": self._rewards.copy()})
+        return EpisodeRecord(**{**rec.__dict__, "rewards": self._rewards[self._p:].copy()})

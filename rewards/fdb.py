@@ -67,19 +67,42 @@ the Jensen-Shannon **distance** with the natural log, so it is at most ``sqrt(ln
 for disjoint histograms. A sample with no backchannels gets JSD = 1 (worse than any real value).
 Dataset numbers: mean TOR, mean frequency, mean JSD over all samples.
 
-Where our inputs differ
------------------------
-:class:`AgentSpeech` carries speech spans (silero VAD of the decoded agent audio, or the Moshi
-text stream) and, when known, timed words (ASR or the text stream). With ``words=None`` the word
-conditions cannot be checked: :func:`takeover` then uses the spans (no speech -> 0; duration from
-the first span start to the last span end; TOR = 0 iff duration < 1.0 s), and backchannel
-segments are classified by duration alone. VAD spans carry 30 ms of padding on each side, so span
-durations run ~60 ms longer than word durations. The interruption cut is applied to our words
-instead of to the audio: a word ending at or before the cut is dropped, a word straddling it is
-kept with its start moved to the cut (the ASR of the cropped audio sees its tail from time 0),
-and spans are cut the same way. The human backchannel histogram is built from the human spans on
-the same bins as the model's, so the official resampling is the identity
-(:func:`jsd_to_histogram` takes an official ``icc_gt_distribution.json`` entry instead).
+What the metrics read (the benchmark's files, and ours)
+-------------------------------------------------------
+Every scorer reads files: ``output.json`` (ASR word chunks of ``output.wav``, cropped at the
+interruption end for that task) and, for backchannels, silero's segments of ``output.wav``. An
+episode's metrics are computed from :class:`FdbOutput`: the same two things for the agent's output
+as ``duplexgym eval --export`` writes them (``output.wav``: the agent's audio at 16 kHz PCM_16, see
+:func:`output_duration_s`; ``output.json``: :meth:`FdbOutput.chunks`), so the official scripts run
+on an export give every per-sample value ours give. The chunks come from the reward spec's
+``metrics.source`` (:class:`duplexgym.rewards.activity.MetricsParams`):
+
+- ``vad`` (default; no ASR): the activity reader's speech stands in for the words. With the
+  ``vad`` reader each silero speech span is one chunk (text ``[speech]``): takeover and
+  backchannel rules then count spans where the benchmark counts words, and span durations run
+  ~60 ms longer than word runs (30 ms VAD padding on each side). With the ``text`` reader the
+  chunks are the text stream's words (label ``text``).
+- ``asr``: faster-whisper words of the very samples of ``output.wav``, cropped exactly as the
+  benchmark's ``asr.py`` crops (interruption: from sample ``int(end * 16000)``, times plus
+  ``end``), i.e. the benchmark's own procedure with whisper-base in place of parakeet. Whisper's
+  word starts run early: measured on the synthetic corpus (``benchmarks/asr_onset.py``), see
+  :func:`refine_first_onset` for the figures and the optional onset refinement.
+
+The backchannel scorer's segments are silero's ``get_speech_timestamps`` (defaults,
+``return_seconds=True``) on the 16 kHz PCM_16 output, for both sources (text reader: the text
+spans). The human backchannel reference is the benchmark's: the human listeners' backchannel
+**spans** (``icc_gt_distribution.json`` is their histogram), on the same bins as the model's, so
+the official resampling is the identity (:func:`jsd_to_histogram` takes an official
+``icc_gt_distribution.json`` entry instead). Pause episodes are scored, and exported, up to the
+end of the pause metric's window (:mod:`.pause`), so the official scorer sees the same audio.
+
+Without an :class:`FdbOutput` (``AgentSpeech.output`` is None: hand-made speech), the chunks are
+``speech.words``, or one chunk per span when ``words=None``; and :func:`takeover` on
+``words=None`` (the reward terms' utterance rule) uses the spans without the word condition (no
+speech -> 0; duration from the first span start to the last span end; TOR = 0 iff duration <
+1.0 s). The interruption cut of such chunks follows the crop: a chunk ending at or before the cut
+is dropped, one straddling it starts at the cut (the ASR of the cropped audio hears its tail from
+time 0).
 
 Checked once (not in the test suite, which needs no network): the official pause, turn-taking and
 backchannel scorers, run on 300 random word/segment sets each (silero and torchaudio stubbed to
@@ -91,7 +114,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -126,6 +149,14 @@ JSD_NO_BACKCHANNEL = 1.0
 FDB_VAD_RATE_HZ = 16_000
 #: ``get_speech_timestamps(return_seconds=True)`` rounds segment times to this many decimals.
 FDB_VAD_TIME_DECIMALS = 1
+
+# --- output.wav and output.json ----------------------------------------------------------------
+#: Rate of ``output.wav`` (the benchmark's inputs are 16 kHz; its backchannel scorer needs it).
+OUTPUT_RATE_HZ = FDB_VAD_RATE_HZ
+#: ``output.wav`` samples per 80 ms frame.
+OUTPUT_FRAME_SAMPLES = 1280
+#: The text of a chunk that stands for one speech span (``metrics.source: vad``, no words known).
+SPAN_CHUNK_TEXT = "[speech]"
 
 
 @dataclass(frozen=True)
@@ -167,6 +198,9 @@ class AgentSpeech:
 
     spans_s: tuple[tuple[float, float], ...]
     words: tuple[tuple[float, float, str], ...] | None = None
+    #: How the benchmark's scorers read this output (:class:`FdbOutput`), when the reader knows
+    #: it (the agent's audio); None: from ``spans_s`` and ``words`` (:func:`benchmark_output`).
+    output: FdbOutput | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         spans = tuple(_interval(x, f"AgentSpeech.spans_s[{i}]") for i, x in enumerate(self.spans_s))
@@ -211,6 +245,131 @@ def _material(speech: AgentSpeech, after_s: float) -> tuple[list[tuple], bool]:
     return _after(speech.spans_s, after_s), False
 
 
+Chunk = tuple[float, float, str]
+
+
+def output_duration_s(n_frames: int) -> float:
+    """Length in seconds of an episode's ``output.wav`` (``n_frames * 1280`` samples at 16 kHz), the
+    float the scorers compute from the file: the backchannel frequency's denominator and histogram range."""
+    return n_frames * OUTPUT_FRAME_SAMPLES / OUTPUT_RATE_HZ
+
+
+def crop_samples(lo_s: float, hi_s: float | None, n_samples: int) -> tuple[int, int]:
+    """The samples ``[i0, i1)`` of a 16 kHz ``output.wav`` of ``n_samples`` that a window
+    ``[lo_s, hi_s)`` keeps: ``i0 = int(lo_s * 16000)`` (the official ``asr.py``'s interruption
+    crop), ``i1 = round(hi_s * 16000)`` (the end of the pause window, where the export cuts pause
+    episodes; ``None``: the end), both clamped to ``[0, n_samples]``."""
+    i0 = min(n_samples, max(0, int(lo_s * OUTPUT_RATE_HZ)))
+    i1 = n_samples if hi_s is None else min(n_samples, max(0, round(hi_s * OUTPUT_RATE_HZ)))
+    return i0, max(i0, i1)
+
+
+class FdbOutput:
+    """One episode's output as the benchmark's scorers read it (module docstring): the
+    ``output.json`` chunks of a window of ``output.wav`` (:meth:`chunks`), silero's segments of it
+    (:meth:`segments`), its length (``duration_s``) and the label of where the chunks come from
+    (``source``: ``"vad"``, ``"text"`` or ``"asr"``).
+
+    This base class reads them from an :class:`AgentSpeech` alone: chunks are its words, or one
+    :data:`SPAN_CHUNK_TEXT` chunk per span when ``words=None``; segments are its spans.
+    :class:`duplexgym.rewards.activity.AudioOutput` reads the agent's audio instead (silero on the
+    16 kHz PCM_16 output, ASR words). ``onset_refinement``: turn and interruption also report the
+    latency of :func:`refine_first_onset` (``fdb_latency_refined_s``).
+    """
+
+    def __init__(self, speech: AgentSpeech, duration_s: float, source: str | None = None,
+                 onset_refinement: bool = False):
+        if not duration_s > 0.0:
+            raise ValueError(f"FdbOutput: duration_s must be > 0 (the output length in s), got {duration_s}")
+        self.speech = speech
+        self.duration_s = float(duration_s)
+        self.source = source or ("vad" if speech.words is None else "text")
+        self.onset_refinement = bool(onset_refinement)
+
+    def chunks(self, lo_s: float = 0.0, hi_s: float | None = None) -> tuple[Chunk, ...]:
+        """The ``output.json`` chunks ``(start_s, end_s, text)`` of the output cropped to
+        ``[lo_s, hi_s)``, in episode seconds and time order: a chunk ending at or before ``lo_s``
+        is dropped, one straddling it starts at ``lo_s``; one starting at or after ``hi_s`` is
+        dropped, one straddling it ends at ``hi_s`` (what the cropped audio holds)."""
+        if self.speech.words is not None:
+            items = list(self.speech.words)
+        else:
+            items = [(a, b, SPAN_CHUNK_TEXT) for a, b in self.speech.spans_s]
+        items = _after(items, lo_s)
+        if hi_s is not None:
+            items = [(a, min(b, hi_s), text) for a, b, text in items if a < hi_s]
+        return tuple(items)
+
+    def segments(self) -> tuple[tuple[float, float], ...]:
+        """silero's speech segments of ``output.wav`` as the backchannel scorer gets them (s)."""
+        return tuple(sorted(self.speech.spans_s))
+
+    def onsets(self) -> tuple[float, ...]:
+        """Speech onsets (s) for :func:`refine_first_onset`: the starts of the speech spans."""
+        return tuple(sorted(a for a, _ in self.speech.spans_s))
+
+
+def benchmark_output(speech: AgentSpeech, n_frames: int) -> FdbOutput:
+    """``speech.output``, or an :class:`FdbOutput` of ``speech`` itself for an episode of ``n_frames``."""
+    return speech.output if speech.output is not None else FdbOutput(speech, output_duration_s(n_frames))
+
+
+def chunk_takeover(chunks: Sequence[tuple]) -> int:
+    """The takeover rule on ``output.json`` chunks in file order: none -> 0; else 0 if
+    ``end(last) - start(first) < TAKEOVER_MIN_DURATION_S`` and there are at most
+    ``TAKEOVER_MAX_WORDS`` chunks, else 1."""
+    if not chunks:
+        return 0
+    duration_s = chunks[-1][1] - chunks[0][0]
+    return 0 if duration_s < TAKEOVER_MIN_DURATION_S and len(chunks) <= TAKEOVER_MAX_WORDS else 1
+
+
+def tor_and_latency(chunks: Sequence[tuple], event_s: float) -> dict:
+    """Turn-taking and user interruption on the chunks their scorer reads (whole output; after
+    the interruption end): ``{"tor": 0|1, "latency_s": start(first) - event_s, negatives recorded
+    as 0.0, or None when tor == 0}``."""
+    tor = chunk_takeover(chunks)
+    return {"tor": tor, "latency_s": max(0.0, chunks[0][0] - event_s) if tor else None}
+
+
+def fdb_latency_metrics(out: FdbOutput, event_s: float, after_s: float = 0.0) -> dict:
+    """The ``fdb_*`` metrics of a turn-taking (``after_s = 0``: the whole output) or interruption
+    (``after_s`` = the interruption end) episode from ``out``'s chunks after ``after_s``:
+    ``fdb_tor``, ``fdb_latency_s`` (:func:`tor_and_latency` from ``event_s``), ``fdb_source``,
+    ``fdb_chunks`` (``[start_s, end_s, text]``: what ``output.json`` holds) and, when
+    ``out.onset_refinement``, ``fdb_latency_refined_s`` (the latency of
+    :func:`refine_first_onset`'s first start; the TOR stays the benchmark's)."""
+    chunks = out.chunks(after_s, None)
+    m = tor_and_latency(chunks, event_s)
+    result = {"fdb_tor": m["tor"], "fdb_latency_s": m["latency_s"], "fdb_source": out.source,
+              "fdb_chunks": [list(c) for c in chunks]}
+    if out.onset_refinement:
+        refined = refine_first_onset(chunks, out.onsets())
+        result["fdb_latency_refined_s"] = max(0.0, refined[0][0] - event_s) if m["tor"] else None
+    return result
+
+
+def refine_first_onset(chunks: Sequence[tuple], onsets: Sequence[float]) -> tuple[Chunk, ...]:
+    """``chunks`` with the first one's start snapped to the first speech onset inside it
+    (``start <= onset < end``), when there is one; unchanged otherwise.
+
+    Why: faster-whisper (base, int8, its VAD filter on) starts the first word of a reply early.
+    On the synthetic corpus' turn segments (the human reference's answers, exact onset labels) its
+    start was a median MEDIAN_RAW s from the true onset (p10 P10_RAW, p90 P90_RAW, n = N_ONSETS);
+    snapped to silero's onset (the VAD span start, 30 ms padding included): median MEDIAN_REF
+    (p10 P10_REF, p90 P90_REF). ``benchmarks/asr_onset.py`` measures it. Word-based latencies
+    therefore come out short by about that much; the benchmark's own number is the unrefined one.
+    """
+    chunks = tuple(chunks)
+    if not chunks:
+        return chunks
+    start, end, text = chunks[0]
+    inside = [t for t in onsets if start <= t < end]
+    if not inside:
+        return chunks
+    return ((min(inside), end, text),) + chunks[1:]
+
+
 def takeover(speech: AgentSpeech, after_s: float = 0.0) -> int:
     """Full-Duplex-Bench's takeover (TOR) of the material after ``after_s`` (s): 0 or 1.
 
@@ -221,13 +380,11 @@ def takeover(speech: AgentSpeech, after_s: float = 0.0) -> int:
     ``after_s`` counts from ``after_s`` on; one ending at or before it is ignored.
     """
     items, are_words = _material(speech, after_s)
+    if are_words:
+        return chunk_takeover(items)  # official: chunks[-1] end minus chunks[0] start, in time order
     if not items:
         return 0
-    # Official: chunks[-1] end minus chunks[0] start, in transcript (time) order.
-    duration_s = items[-1][1] - items[0][0]
-    if duration_s < TAKEOVER_MIN_DURATION_S and (not are_words or len(items) <= TAKEOVER_MAX_WORDS):
-        return 0
-    return 1
+    return 0 if items[-1][1] - items[0][0] < TAKEOVER_MIN_DURATION_S else 1
 
 
 def _latency_s(speech: AgentSpeech, event_s: float, after_s: float) -> float:
@@ -371,7 +528,11 @@ def resample_histogram(hist: Sequence[float], n_bins: int) -> np.ndarray:
 
 def jensen_shannon_distance(p: Sequence[float], q: Sequence[float]) -> float:
     """Jensen-Shannon distance with the natural log, in [0, sqrt(ln 2)]: exactly what the official
-    script computes, ``scipy.spatial.distance.jensenshannon(p, q)`` (both normalised to sum 1)."""
+    script computes, ``scipy.spatial.distance.jensenshannon(p, q)`` (both normalised to sum 1).
+
+    One difference: for histograms equal up to rounding (the official resampling of the human
+    histogram moves its values by ~1e-17) scipy takes the square root of a divergence a rounding
+    error below 0 and returns nan, which makes the script's dataset mean nan; here that is 0.0."""
     from scipy.spatial.distance import jensenshannon
 
     p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
@@ -379,7 +540,8 @@ def jensen_shannon_distance(p: Sequence[float], q: Sequence[float]) -> float:
         raise ValueError(f"jensen_shannon_distance: need two 1-D histograms of one length, got {p.shape} and {q.shape}")
     if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
         raise ValueError("jensen_shannon_distance: histograms must be non-negative with a positive sum")
-    return float(jensenshannon(p, q))
+    distance = float(jensenshannon(p, q))
+    return 0.0 if math.isnan(distance) else distance
 
 
 def jsd_to_histogram(model_s: Sequence, human_hist: Sequence[float], *, duration_s: float,

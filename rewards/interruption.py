@@ -10,14 +10,15 @@ value = stop_weight * stop + (1 - stop_weight) * respond, in [-1, 1]:
   on through the interruption end is no answer.
 
 Metrics: ``fdb_tor``, ``fdb_latency_s`` (Full-Duplex-Bench user interruption, on the output after
-the interruption end), ``stop_latency_s`` (onset -> end of the agent speech running at the onset;
+the interruption end, ``fdb_window_s``: the crop the benchmark's ASR step makes), ``fdb_source``,
+``fdb_chunks``, ``fdb_latency_refined_s`` (as for :mod:`.turn`), ``stop_latency_s`` (onset -> end of the agent speech running at the onset;
 0 if none), ``talk_over_s``, ``stop``, ``respond``.
 """
 
 from __future__ import annotations
 
 from duplexgym.corpora.manifest import Segment
-from duplexgym.rewards.fdb import AgentSpeech, interruption_metrics
+from duplexgym.rewards.fdb import AgentSpeech, benchmark_output, fdb_latency_metrics
 from duplexgym.rewards.terms import (
     RewardTerm,
     clip,
@@ -54,9 +55,9 @@ def score(speech: AgentSpeech, segment: Segment, p: InterruptionParams = Interru
     answer = first_takeover_onset(speech, intr_end - p.respond_early_s, intr_end + p.respond_late_s, end)
     respond = 1.0 if answer is not None else -1.0
     running = [b for a, b in speech.spans_s if a <= onset < b]
-    fdb = interruption_metrics(speech, intr_end)
+    fdb = fdb_latency_metrics(benchmark_output(speech, segment.n_frames), intr_end, after_s=intr_end)
     value = p.stop_weight * stop + (1.0 - p.stop_weight) * respond
-    return RewardTerm(value, {"fdb_tor": fdb["tor"], "fdb_latency_s": fdb["latency_s"],
+    return RewardTerm(value, {**fdb, "fdb_window_s": [intr_end, end],
                               "stop_latency_s": (max(running) - onset) if running else 0.0,
                               "talk_over_s": talk_over, "stop": stop, "respond": respond})
 

@@ -73,6 +73,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from duplexgym.rewards.quality import JudgeError, QualityParams
 
@@ -304,8 +305,14 @@ class _Retryable(Exception):
 def rate(context: str, turn: str, response: str, params: QualityParams, axis: str = "interruption") -> Rating:
     """Rate ``response`` against ``turn`` (given ``context``) on 0..5. Raises JudgeError with
     ``attempts`` and ``retries`` attributes set when the judge cannot give a score."""
+    return rate_messages(build_messages(context, turn, response, axis), params, parse_score)
+
+
+def rate_messages(messages: list[dict], params: QualityParams, parse: Callable[[str], float]) -> Rating:
+    """Ask the server of ``params`` for one rating of ``messages``, its reply read by ``parse``
+    (which raises JudgeError when the reply holds no valid score): the transport of every judge here
+    (cache, retries, the whole-attempt timeout, the concurrency limit, the key kept out of errors)."""
     url, model = endpoint(params)
-    messages = build_messages(context, turn, response, axis)
     key = request_key(model, messages)
     cache_dir = Path(params.cache_dir).expanduser() if params.cache_dir else default_cache_dir()
     if params.use_cache:
@@ -324,7 +331,7 @@ def rate(context: str, turn: str, response: str, params: QualityParams, axis: st
         try:
             with sem:
                 reply = _attempt(url, model, messages, secret, params.timeout_s, scrub)
-            value = parse_score(reply)
+            value = parse(reply)
             break
         except _Retryable as exc:
             if attempts > params.max_retries:

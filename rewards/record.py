@@ -13,9 +13,16 @@ Rewards are pure functions of a record, which makes ablations (``duplexgym resco
 Metadata (``.json``): the segment (manifest line), the seed, the env configuration (id, corpus,
 modes, codec spec and id, text tokenizer, reward spec), ``forced_frames``, ``agent_text`` and
 ``agent_words`` (``[start_s, end_s, word]``, episode seconds; tokens mode with a text tokenizer),
+``prefix`` (episodes that began before the segment: ``{"lead_in_frames", "context_frames"}``; the
+agent's frames there are the arrays ``prefix_text_tokens``, ``prefix_audio_codes`` or ``prefix_audio``,
+kept for replay; rewards never read them),
 the SHA-256 of the observation stream, the SHA-256 of every array in the ``.npz``
 (``arrays_sha256``: an edited or corrupt array is caught when the record is loaded), and the final
 ``reward_terms``. ``F`` = ``segment.n_frames``.
+
+Live dialogues (``duplexgym/Conversation-v0``) also carry ``live``: the simulated user's schedule
+that happened (what it said, when and why) and its source; see :mod:`duplexgym.rewards.live`.
+Records without it (every replay episode, and records written before it existed) load unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ RECORD_VERSION = 2
 #: Versions :meth:`EpisodeRecord.load` reads (1: before ``arrays_sha256``).
 READABLE_VERSIONS = (1, 2)
 ARRAY_NAMES = ("text_tokens", "audio_codes", "audio", "rewards")
+#: Arrays of the frames before the segment (``prefix``): ``prefix_`` + one of these.
+PREFIX_ARRAYS = ("text_tokens", "audio_codes", "audio")
 
 
 class RecordError(ValueError):
@@ -62,6 +71,8 @@ class EpisodeRecord:
     obs_sha256: str = ""
     rewards: np.ndarray | None = None
     reward_terms: dict = field(default_factory=dict)
+    live: dict | None = None
+    prefix: dict | None = None
 
     @property
     def n_frames(self) -> int:
@@ -76,6 +87,9 @@ class EpisodeRecord:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {k: getattr(self, k) for k in ARRAY_NAMES if getattr(self, k) is not None}
+        for k in PREFIX_ARRAYS:
+            if self.prefix is not None and self.prefix.get(k) is not None:
+                arrays[f"prefix_{k}"] = self.prefix[k]
         tmp = path.with_name(f".{path.name}.{os.getpid()}.npz")
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
@@ -92,6 +106,10 @@ class EpisodeRecord:
             "arrays_sha256": {k: array_digest(v) for k, v in arrays.items()},
             "reward_terms": self.reward_terms,
         }
+        if self.live is not None:
+            meta["live"] = self.live
+        if self.prefix is not None:
+            meta["prefix"] = {k: int(self.prefix[k]) for k in ("lead_in_frames", "context_frames")}
         jtmp = path.with_name(f".{path.name}.{os.getpid()}.json")
         jtmp.write_text(json.dumps(meta, indent=1, sort_keys=True, default=_json_default), encoding="utf-8")
         os.replace(jtmp, path.with_suffix(".json"))
@@ -135,6 +153,9 @@ class EpisodeRecord:
             obs_sha256=meta.get("obs_sha256", ""),
             rewards=arrays.get("rewards"),
             reward_terms=meta.get("reward_terms", {}),
+            live=meta.get("live"),
+            prefix=None if meta.get("prefix") is None else {
+                **meta["prefix"], **{k: arrays.get(f"prefix_{k}") for k in PREFIX_ARRAYS}},
         )
 
 

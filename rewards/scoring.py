@@ -22,7 +22,7 @@ from duplexgym.rewards.spec import TERMS, RewardSpec
 
 def applicable_terms(axis: str, spec: RewardSpec) -> dict:
     """The spec's terms that apply to an episode of ``axis``."""
-    return {name: t for name, t in spec.terms.items() if TERMS[name].axis in (None, axis)}
+    return {name: t for name, t in spec.terms.items() if TERMS[name].applies_to(axis)}
 
 
 def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 0.0,
@@ -37,7 +37,7 @@ def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 
     terms = applicable_terms(seg.axis, spec)
     result = {"axis": seg.axis, "reward": 0.0, "terms": {}, "failed": {}, "dense": float(dense_total)}
     try:
-        speech = agent_speech(record, spec.activity)
+        speech = agent_speech(record, spec.activity, spec.metrics)
     except Exception as exc:  # noqa: BLE001 - reported per term, never scored
         for name in terms:
             result["failed"][name] = f"reading agent speech: {type(exc).__name__}: {exc}"

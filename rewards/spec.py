@@ -3,6 +3,7 @@
 A spec is YAML (or the same as a dict)::
 
     activity: {reader: text}          # vad (default) | text, plus the reader's parameters
+    metrics: {source: asr}            # where the fdb_* metrics read words: vad (default) | asr
     dense: {weight: 0.1}              # per-frame shaping, 0 = off (default)
     terms:
       pause:        {weight: 1.0, params: {speech_penalty: 0.5}}
@@ -24,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from duplexgym.rewards import backchannel, interruption, pause, quality, turn
-from duplexgym.rewards.activity import ActivityParams
+from duplexgym.rewards import backchannel, interruption, paper, paper_judge, pause, quality, turn
+from duplexgym.rewards.activity import ActivityParams, MetricsParams
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from duplexgym.config import STRICT, Number, explain, validate
@@ -38,14 +39,20 @@ class RewardSpecError(ValueError):
 @dataclass(frozen=True)
 class TermKind:
     """What a term name stands for: its scoring function, parameter class and dense targets.
-    ``axis``: the episodes it applies to (None: all). ``uses_record``: ``score(record, segment,
-    params)`` instead of ``score(speech, segment, params)``."""
+    ``axis``: the axis (or axes, a tuple) of the episodes it applies to (None: all).
+    ``uses_record``: ``score(record, segment, params)`` instead of ``score(speech, segment, params)``."""
 
     score: Callable
     params: type
     dense_targets: Callable | None
-    axis: str | None
+    axis: str | tuple[str, ...] | None
     uses_record: bool = False
+
+    def applies_to(self, axis: str) -> bool:
+        """Whether the term scores episodes of ``axis``."""
+        if self.axis is None:
+            return True
+        return axis in self.axis if isinstance(self.axis, tuple) else axis == self.axis
 
 
 TERMS: dict[str, TermKind] = {
@@ -55,7 +62,25 @@ TERMS: dict[str, TermKind] = {
     "interruption": TermKind(interruption.score, interruption.InterruptionParams, interruption.dense_targets,
                              "interruption"),
     "quality": TermKind(quality.score, quality.QualityParams, None, None, uses_record=True),
+    # the seed paper's rewards, as it defines them (rewards/paper.py, rewards/paper_judge.py)
+    "paper_pause": TermKind(paper.score_pause, paper.PaperPauseParams, None, "pause"),
+    "paper_turn": TermKind(paper.score_turn, paper.PaperTurnParams, None, "turn"),
+    "paper_backchannel": TermKind(paper.score_backchannel, paper.PaperBackchannelParams, None, "backchannel"),
+    "paper_interruption": TermKind(paper.score_interruption, paper.PaperInterruptionParams, None, "interruption"),
+    "paper_judge": TermKind(paper_judge.score, quality.QualityParams, None, paper_judge.JUDGED_AXES,
+                            uses_record=True),
 }
+
+
+def axis_term(scored: dict, axis: str) -> dict | None:
+    """The entry of an episode's axis term in ``scored`` (``reward_terms["terms"]``: ``{name: {"value",
+    "weight", "metrics"}}``): the term named after the axis (``turn``), else the axis's own term of
+    another recipe (``paper_turn``); None when neither was scored (failed, or not in the spec)."""
+    if axis in scored:
+        return scored[axis]
+    return next((entry for name, entry in scored.items() if name in TERMS and TERMS[name].axis == axis), None)
+
+
 #: Terms of the default spec (quality needs a judge or an embedding model: opt in).
 DEFAULT_TERMS = ("pause", "turn", "backchannel", "interruption")
 
@@ -77,10 +102,12 @@ class RewardSpec:
     terms: dict[str, TermSpec]
     activity: ActivityParams = field(default_factory=ActivityParams)
     dense_weight: float = 0.0
+    metrics: MetricsParams = field(default_factory=MetricsParams)
 
     def to_dict(self) -> dict:
         return {
             "activity": dataclasses.asdict(self.activity),
+            "metrics": dataclasses.asdict(self.metrics),
             "dense": {"weight": self.dense_weight},
             "terms": {name: {"weight": t.weight, "params": dataclasses.asdict(t.params)} for name, t in self.terms.items()},
         }
@@ -129,6 +156,7 @@ class SpecFile(BaseModel):
 
     model_config = STRICT
     activity: ActivityParams = Field(default_factory=ActivityParams)
+    metrics: MetricsParams = Field(default_factory=MetricsParams)
     dense: _Dense = Field(default_factory=_Dense)
     terms: dict[str, _Term] | None = None
 
@@ -149,7 +177,7 @@ def spec_from_dict(raw: Any) -> RewardSpec:
     doc = validate(SpecFile, raw, RewardSpecError, "reward spec")
     if doc.terms is None:
         return dataclasses.replace(default_spec(doc.activity.reader), activity=doc.activity,
-                                   dense_weight=doc.dense.weight)
+                                   dense_weight=doc.dense.weight, metrics=doc.metrics)
     if not doc.terms:
         raise RewardSpecError("terms: expected a non-empty mapping of term name -> {weight, params}")
     terms, problems = {}, []
@@ -166,4 +194,4 @@ def spec_from_dict(raw: Any) -> RewardSpec:
             problems.append(f"terms.{name}.params: {exc}")
     if problems:
         raise RewardSpecError("\n".join(problems))
-    return RewardSpec(terms=terms, activity=doc.activity, dense_weight=doc.dense.weight)
+    return RewardSpec(terms=terms, activity=doc.activity, dense_weight=doc.dense.weight, metrics=doc.metrics)

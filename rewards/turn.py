@@ -7,14 +7,16 @@ and the latency is that of the answer, not of a backchannel before it); otherwis
 latency (onset - turn end, clipped at 0) scores 1 up to ``on_time_s`` (human gaps are ~0.2-0.6 s),
 falling linearly to -1 at ``late_s``.
 
-Metrics: ``fdb_tor`` and ``fdb_latency_s`` (Full-Duplex-Bench smooth turn-taking), ``latency_s``,
-``cut_in``.
+Metrics: ``fdb_tor`` and ``fdb_latency_s`` (Full-Duplex-Bench smooth turn-taking, on the whole
+output), ``fdb_source`` and ``fdb_chunks`` (where its words come from, and the ``output.json``
+chunks it scored), ``fdb_latency_refined_s`` (with ``metrics.onset_refinement``: the first word's
+start snapped to the VAD onset inside it), ``latency_s``, ``cut_in``.
 """
 
 from __future__ import annotations
 
 from duplexgym.corpora.manifest import Segment
-from duplexgym.rewards.fdb import AgentSpeech, turn_metrics
+from duplexgym.rewards.fdb import AgentSpeech, benchmark_output, fdb_latency_metrics
 from duplexgym.rewards.terms import (
     RewardTerm,
     first_takeover_onset,
@@ -56,9 +58,8 @@ def score(speech: AgentSpeech, segment: Segment, p: TurnParams = TurnParams()) -
         value = -1.0
     else:
         value = linear(latency, p.on_time_s, p.late_s)
-    fdb = turn_metrics(speech, turn_end)
-    return RewardTerm(value, {"fdb_tor": fdb["tor"], "fdb_latency_s": fdb["latency_s"],
-                              "latency_s": latency, "cut_in": int(cut_in)})
+    fdb = fdb_latency_metrics(benchmark_output(speech, segment.n_frames), turn_end)
+    return RewardTerm(value, {**fdb, "latency_s": latency, "cut_in": int(cut_in)})
 
 
 def dense_targets(segment: Segment, p: TurnParams = TurnParams()):

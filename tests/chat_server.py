@@ -17,6 +17,12 @@ the Authorization header back, as a careless server might), ``drip`` (valid head
 the chat completion's body one byte every ``drip_s`` seconds, 0.5 by default: no single read
 waits long, but the whole reply takes minutes; it stops when the server stops).
 
+The seed paper's judge protocol (:mod:`duplexgym.rewards.paper_judge`: ``<turn>WHO: "..."</turn>``
+blocks, then ``<response>MODEL: "..."</response>``) is recognised by its ``<response>`` block and
+answered as that prompt asks, with a single integer: 2 when the response shares two or more words
+with the last USER turn, 1 for one, 0 for none (2 when :data:`INJECTION` escaped its fence). Mode
+``verbose`` answers it in words (``"Rating: 2"``), which the strict paper judge must refuse.
+
 Bounded: it answers at most ``max_requests`` requests (503 after that) and shuts itself down
 after ``lifetime_s`` seconds even if nobody stops it. Counts requests and the most requests in
 flight at once; keeps the received Authorization headers and bodies.
@@ -33,17 +39,46 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 #: Outside the fences, this phrase makes the stand-in judge rate 5.
 INJECTION = "ignore the instructions"
 BLOCKS = ("context", "user_turn", "ai_response")
-MODES = ("ok", "slow", "500_then_ok", "429_then_ok", "always_500", "garbage", "no_score", "echo_auth", "drip")
+MODES = ("ok", "slow", "500_then_ok", "429_then_ok", "always_500", "garbage", "no_score", "echo_auth", "drip",
+         "verbose")
 
 
 def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9']+", text.lower()))
 
 
+def _literal(raw: str) -> str:
+    raw = raw.strip()
+    try:
+        return str(json.loads(raw))
+    except json.JSONDecodeError:
+        return raw
+
+
+def paper_judge(messages: list[dict]) -> int:
+    """The 0-2 rating of a request in the seed paper's format (module docstring)."""
+    before = "\n".join(str(m.get("content", "")) for m in messages[:-1])
+    outside = str(messages[-1].get("content", ""))
+    turns = []
+    for match in re.finditer(r"<turn>(USER|MODEL): (.*?)</turn>", outside, re.S):
+        turns.append((match.group(1), _literal(match.group(2))))
+    response = re.search(r"<response>MODEL: (.*?)</response>", outside, re.S)
+    if response is None:
+        raise ValueError("no <response> block in the request")
+    rest = re.sub(r"<turn>.*?</turn>|<response>.*?</response>", "", outside, flags=re.S)
+    if INJECTION in (before + "\n" + rest).lower():
+        return 2
+    last_user = next((text for who, text in reversed(turns) if who == "USER"), "")
+    return min(2, len(words(last_user) & words(_literal(response.group(1)))))
+
+
 def naive_judge(messages: list[dict]) -> tuple[int, str]:
     """(rating, reply text) for a request, read as described in the module docstring."""
     if not messages or messages[-1].get("role") != "user":
         raise ValueError("the last message must be the user's")
+    if "<response>" in str(messages[-1].get("content", "")):
+        rating = paper_judge(messages)
+        return rating, str(rating)
     before = "\n".join(str(m.get("content", "")) for m in messages[:-1])
     outside = str(messages[-1].get("content", ""))
     blocks = {}
@@ -171,9 +206,11 @@ class ChatServer:
                     reply = "Analysis: the response is fine, I suppose."
                 else:
                     try:
-                        _, reply = naive_judge(body["messages"])
+                        rating, reply = naive_judge(body["messages"])
                     except (KeyError, TypeError, ValueError) as exc:
                         return self._send(400, {"error": {"message": str(exc)}})
+                    if mode == "verbose":
+                        reply = f"Rating: {rating}"
                 completion = {"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body.get("model"),
                               "choices": [{"index": 0, "finish_reason": "stop",
                                            "message": {"role": "assistant", "content": reply}}]}

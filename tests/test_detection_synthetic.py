@@ -65,3 +65,36 @@ def test_precision_and_recall_per_event_type(synthetic, kind):
     print(f"\n{kind}: {n_truth} labelled, {n_found} detected; precision {precision:.3f}, recall {recall:.3f}")
     assert n_truth >= 40
     assert precision >= MIN_SCORE and recall >= MIN_SCORE
+
+
+def test_paper_rules_on_the_embedded_corpus(default_corpus, tmp_path):
+    """The paper's rules (``--rules paper``) against its criteria applied to the labels' exact
+    speech. The default corpus' short turns (12-25 s dialogues, utterances mostly under 5 s) leave
+    the paper's tau_min little to select: backchannels mostly; the figures are printed."""
+    import shutil
+
+    from duplexgym.corpora.build import OWNER_NAME, BuildOptions, build_corpus
+    from duplexgym.corpora.manifest import read_manifest
+
+    from tests.test_dense_detection import expand, paper_truth, scores
+
+    out, _ = default_corpus
+    paper = tmp_path / "paper"
+    shutil.copytree(out / "source", paper / "source")  # rendered already (its stamp matches)
+    shutil.copytree(out / ".work" / "vad", paper / ".work" / "vad")  # the same tracks: VAD cached
+    shutil.copy(out / OWNER_NAME, paper / OWNER_NAME)
+    summary = build_corpus("synthetic", paper, BuildOptions(rules="paper"))
+    found = {}
+    for line in (paper / "events.jsonl").read_text().splitlines():
+        e = json.loads(line)
+        found.setdefault(e["dialogue"], []).extend(expand(e))
+    truths = [json.loads(p.read_text()) for p in sorted((paper / "source").glob("*.truth.json"))]
+    truth = {t["dialogue"]: [k for e in paper_truth(t) for k in expand(e)] for t in truths}
+    for kind in ("pause", "turn", "backchannel", "interruption"):
+        n_t, n_f, precision, recall, _ = scores(found, truth, kind)
+        print(f"\npaper rules, embedded corpus, {kind}: {n_t} in the truth, {n_f} detected; "
+              f"precision {precision:.3f}, recall {recall:.3f}")
+        if n_t >= 10:
+            assert precision >= 0.8 and recall >= 0.9
+    print(f"\nsegments of the embedded corpus, paper rules: {summary.segments}")
+    assert sum(summary.segments.values()) == len(read_manifest(paper)) > 0

@@ -1,6 +1,7 @@
 """``duplexgym eval``: the JSON contract, the Full-Duplex-Bench table, and the v1-layout export."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,13 +9,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 from duplexgym.agents.evaluation.evaluate import (
-    PUBLISHED,
     evaluate,
     format_table,
     select_segments,
     summarize_eval,
 )
 from duplexgym.agents.evaluation.export import TASK_FOLDERS, FdbExporter
+from duplexgym.agents.evaluation.published import BENCHMARK_V1, PAPER_TABLE1
 from duplexgym.corpora.manifest import read_manifest
 from duplexgym.corpora.sources.fdb1 import fdb1_segments, task_axis
 from duplexgym.envs.corpus import ReplayCorpus
@@ -63,8 +64,21 @@ def test_eval_json_contract(vad_export):
     assert {"frequency", "jsd"} <= set(summary["by_axis"]["backchannel"])
     assert summary["by_axis"]["interruption"]["relevance"] is None  # no quality term in the default spec
     assert summary["by_axis"]["pause"]["latency_s"] is None
+    # where the metrics' words came from, in the JSON and the table (default: VAD spans, no ASR)
+    assert summary["metrics_source"] == "vad" and all(e["metrics_source"] == "vad" for e in summary["by_axis"].values())
     table = format_table([summary])
-    assert "vad (12)" in table and "NOT this corpus" in table and all(m in table for m in PUBLISHED)
+    assert "vad (12)" in table
+    # the seed paper's Table 1 and the benchmark's rows, each labelled as published, with their values
+    assert table.count("published, NOT measured here") == 2
+    for model, values in {**PAPER_TABLE1, **BENCHMARK_V1}.items():
+        rows = [line for line in table.splitlines() if re.split(r"\s{2,}", line.strip())[0] == model]
+        assert len(rows) == (2 if model in PAPER_TABLE1 and model in BENCHMARK_V1 else 1), model
+        row = rows[-1] if model in BENCHMARK_V1 else rows[0]
+        values = BENCHMARK_V1.get(model, values)
+        assert f"{values[5]:.3f}" in row and f"{values[-1]:.3f}" in row  # turn TOR, interruption latency
+    assert "metrics source: vad (silero VAD speech spans stand in for ASR words" in table
+    marker = json.loads((out / "export.json").read_text())
+    assert marker["summary"]["metrics_source"] == "vad"
 
 
 def test_relevance_comes_from_the_quality_term_and_failures_are_counted():
@@ -108,6 +122,12 @@ def test_export_is_complete_and_time_aligned(vad_export):
         episode = json.loads((folder / "episode.json").read_text())
         assert episode["segment"] == seg.id and isinstance(episode["reward"], float)
         n16 = seg.n_frames * 1280
+        if seg.axis == "pause":  # cut where the pause metric's window ends (turn end - 0.4 s, or the end)
+            window = episode["reward_terms"]["terms"]["pause"]["metrics"]["fdb_window_s"]
+            n16 = round(window[1] * 16_000)
+            assert n16 <= seg.n_frames * 1280
+            if seg.turn_end_s is not None:
+                assert window[1] == pytest.approx(seg.turn_end_s - seg.start_s - 0.4, abs=1e-9)
         for name in ("input.wav", "output.wav"):
             info = sf.info(str(folder / name))
             assert (info.samplerate, info.channels, info.frames) == (16_000, 1, n16), name
@@ -147,14 +167,21 @@ def test_our_fdb1_reader_reads_the_export_back(vad_export):
     assert errors == [] and len(ready) == len(by_sample)
     for item in ready:
         got, seg = item.segment, by_sample[item.segment.id]
-        assert got.axis == seg.axis and got.n_frames == seg.n_frames
+        assert got.axis == seg.axis
+        n16 = seg.n_frames * 1280
+        if seg.axis == "pause":  # cut where the pause metric's window ends
+            episode = json.loads((out / TASK_FOLDERS["pause"] / item.segment.id.split("__")[-1] / "episode.json")
+                                 .read_text())
+            n16 = round(episode["reward_terms"]["terms"]["pause"]["metrics"]["fdb_window_s"][1] * 16_000)
+        n24 = -(-n16 * 24_000 // 16_000)
+        assert got.n_frames == -(-n24 // 1920) <= seg.n_frames
         assert got.event_s == pytest.approx(seg.event_s - seg.start_s, abs=1e-3)
         for key in ("pause_end_s", "interruption_end_s"):
             if getattr(seg, key) is not None:
                 assert getattr(got, key) == pytest.approx(getattr(seg, key) - seg.start_s, abs=1e-3)
         if seg.axis == "backchannel":
             assert len(got.backchannels_s) == len(seg.backchannels_s)
-        assert len(item.load()) == seg.n_frames * 1920
+        assert len(item.load()) == n24
 
 
 def test_tokens_mode_exports_the_decoded_agent_codes(small_corpus, tmp_path):

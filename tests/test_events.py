@@ -113,3 +113,52 @@ def test_events_round_trip_and_params_validation():
 def test_no_speech_no_events():
     assert detect_events({"A": [], "B": []}) == []
     assert detect_events({"A": [(0, 30)], "B": []}) == []
+
+
+# --- dense talk: events next to events (the rule changes of corpora/events.py's docstring) ---
+
+
+def test_backchannel_right_after_the_listeners_own_turn():
+    # A ends its turn at 3.0, B takes the floor at 3.2, A says "yeah" 0.5 s after its own last word
+    events = detect_events({"A": [(0, 3), (3.5, 3.9)], "B": [(3.2, 8)]})
+    assert events == [TurnShift("A", "B", 3, 3.2), Backchannel("A", "B", 3.5, 3.9, None)]
+    gap = P.backchannel_isolation_before_s
+    at_edge = detect_events({"A": [(0, 3), (3 + gap, 3.4 + gap)], "B": [(2.9, 8)]})
+    assert Backchannel("A", "B", 3 + gap, 3.4 + gap, None) in at_edge
+    too_close = detect_events({"A": [(0, 3), (3 + gap - 0.01, 3.39 + gap)], "B": [(2.9, 8)]})
+    assert not any(isinstance(e, Backchannel) for e in too_close)  # the tail of A's own turn
+
+
+def test_listener_takes_the_turn_soon_after_a_backchannel():
+    # B backchannels in A's last words, A goes on 0.4 s, B takes the turn 0.8 s after the backchannel
+    events = detect_events({"A": [(0, 5.3)], "B": [(4.5, 4.9), (5.7, 9)]})
+    assert events == [Backchannel("B", "A", 4.5, 4.9, None), TurnShift("A", "B", 5.3, 5.7)]
+    after = P.backchannel_isolation_after_s
+    assert Backchannel("B", "A", 4.5, 4.9, None) in detect_events({"A": [(0, 5.3)], "B": [(4.5, 4.9), (4.9 + after, 9)]})
+    # straight into its own turn ("yeah [0.3 s] so I think..."): the start of B's turn, no backchannel
+    events = detect_events({"A": [(0, 5.3)], "B": [(4.5, 4.9), (4.9 + after - 0.01, 9)]})
+    assert not any(isinstance(e, Backchannel) for e in events)
+
+
+def test_interruption_then_an_overlapping_turn_shift_back():
+    # B barges in at 3, A stops at 4; A takes the floor back at 6.8, 0.2 s before B ends
+    events = detect_events({"A": [(0, 4), (6.8, 10)], "B": [(3, 7)]})
+    assert events == [Interruption("B", "A", 3, 4, 7, 0), TurnShift("B", "A", 7, 6.8)]
+
+
+def test_chained_interruptions_and_the_yield_edge():
+    # B barges in on A; A, silent 1.5 s, barges back in on B, who stops 0.7 s later
+    events = detect_events({"A": [(0, 4), (5.5, 9)], "B": [(3, 6.2)]})
+    assert events == [Interruption("B", "A", 3, 4, 6.2, 0), Interruption("A", "B", 5.5, 6.2, 9, 3)]
+    y = P.interruption_min_yield_s
+    at_edge = detect_events({"A": [(0, 4), (4 + y, 9)], "B": [(3, 6.2)]})
+    assert Interruption("B", "A", 3, 4, 6.2, 0) in at_edge
+    # back within the yield: A only paused inside the overlap, B did not take its floor
+    early = detect_events({"A": [(0, 4), (4 + y - 0.01, 9)], "B": [(3, 6.2)]})
+    assert [type(e) for e in early] == [Interruption] and early[0].speaker == "A"
+
+
+def test_turn_end_overlap_edge_is_the_vad_measured_one():
+    # the 0.5 s limit: a true 0.3-0.4 s overlap measures ~0.1 s more on the VAD's spans
+    assert detect_events({"A": [(0, 3)], "B": [(2.5, 6)]}) == [TurnShift("A", "B", 3, 2.5)]
+    assert [type(e) for e in detect_events({"A": [(0, 3)], "B": [(2.49, 6)]})] == [Interruption]

@@ -5,10 +5,12 @@ Ray process or session folder of the killed run left behind."""
 
 import hashlib
 import json
+import os
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +79,9 @@ def _events(run: Path, tag: str) -> list[int]:
     return [e.step for e in acc.Scalars(tag)]
 
 
-def _ray_left(folder_glob: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if folder_glob in line]
+def _ray_results() -> set[str]:
+    folder = Path.home() / "ray_results"
+    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
 
 @pytest.mark.slow
@@ -87,6 +89,9 @@ def test_kill_9_of_the_training_driver_then_resume_repeats_and_loses_no_iteratio
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(_train_config(small_corpus, out, env_runners=1)))
+    from duplexgym.agents.training.ray_reaper import ray_processes
+
+    results_before = _ray_results()
     proc = subprocess.Popen([sys.executable, "-m", "duplexgym.cli", "train", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
@@ -95,13 +100,19 @@ def test_kill_9_of_the_training_driver_then_resume_repeats_and_loses_no_iteratio
         if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
             break
         time.sleep(0.2)
+    (session,) = Path(tempfile.gettempdir()).glob(f"duplexgym-ray-*/session_*_{proc.pid}")
+    ray_folder = session.parent
+    assert ray_processes(str(ray_folder), "", {os.getpid()})  # the run's Ray is up
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     rows_then = [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()]
     assert rows_then[:3] == [0, 1, 2]
-    time.sleep(5)  # the watcher stops the killed run's Ray
-    assert not list(Path("/tmp").glob(f"duplexgym-ray-*/session_*_{proc.pid}")), "Ray's session folder was left"
-    assert not _ray_left(f"_{proc.pid}/"), "Ray processes of the killed run are still running"
+    deadline = time.monotonic() + 30  # the watcher stops the killed run's Ray and removes its folder
+    while time.monotonic() < deadline and (ray_folder.exists() or ray_processes(str(ray_folder), "", {os.getpid()})):
+        time.sleep(0.5)
+    assert not ray_folder.exists(), "Ray's session folder was left"
+    assert not ray_processes(str(ray_folder), "", {os.getpid()}), "Ray processes of the killed run are still running"
+    assert _ray_results() == results_before  # no empty ~/ray_results/<time> folder either
 
     last = sorted((out / "checkpoints").glob("iter_*"))[-1]
     done = int(last.name.split("_")[1])

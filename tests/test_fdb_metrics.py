@@ -314,6 +314,70 @@ def test_bad_inputs_say_what_is_wrong():
         backchannel_metrics(spans(), 0.0, [])
 
 
+# --- what the scorers read: output.json chunks and output.wav segments ------------------------
+
+def test_output_duration_is_that_of_the_16khz_file():
+    assert fdb.output_duration_s(100) == 128_000 / 16_000 == 8.0
+    assert fdb.output_duration_s(37) == 37 * 1280 / 16_000
+
+
+def test_crop_samples_follows_asr_py_and_the_pause_cut():
+    n = 16_000 * 8
+    assert fdb.crop_samples(0.0, None, n) == (0, n)
+    assert fdb.crop_samples(4.50006, None, n) == (72_000, n)  # int(end * sr), as asr.py crops
+    assert fdb.crop_samples(0.0, 3.59997, n) == (0, 57_600)  # round(hi * sr)
+    assert fdb.crop_samples(-1.0, 99.0, n) == (0, n) and fdb.crop_samples(5.0, 4.0, n) == (80_000, 80_000)
+
+
+def test_fallback_chunks_are_spans_or_words_cropped_like_the_audio():
+    out = fdb.FdbOutput(spans((0.5, 1.0), (2.0, 3.5), (4.0, 4.5)), 8.0)
+    assert out.source == "vad" and out.duration_s == 8.0
+    assert out.chunks() == ((0.5, 1.0, "[speech]"), (2.0, 3.5, "[speech]"), (4.0, 4.5, "[speech]"))
+    # after 3.0 (interruption): a chunk ending at or before it is gone, one straddling it starts there
+    assert out.chunks(3.0) == ((3.0, 3.5, "[speech]"), (4.0, 4.5, "[speech]"))
+    assert out.chunks(1.0) == ((2.0, 3.5, "[speech]"), (4.0, 4.5, "[speech]"))
+    # before 3.0 (the pause window): one straddling the end ends there, one starting at it is gone
+    assert out.chunks(0.0, 3.0) == ((0.5, 1.0, "[speech]"), (2.0, 3.0, "[speech]"))
+    assert out.chunks(0.0, 4.0) == out.chunks(0.0, 3.5)
+    assert out.segments() == ((0.5, 1.0), (2.0, 3.5), (4.0, 4.5)) and out.onsets() == (0.5, 2.0, 4.0)
+    w = fdb.FdbOutput(words((1.0, 1.2), (1.2, 1.5)), 8.0)
+    assert w.source == "text" and w.chunks() == ((1.0, 1.2, "w0"), (1.2, 1.5, "w1"))
+    speech = spans((1.0, 2.0))
+    assert fdb.benchmark_output(speech, 100).chunks() == ((1.0, 2.0, "[speech]"),)
+    attached = fdb.FdbOutput(speech, 4.0, source="asr")
+    assert fdb.benchmark_output(dataclasses.replace(speech, output=attached), 100) is attached
+    assert dataclasses.replace(speech, output=attached) == speech  # the view is not part of equality
+    with pytest.raises(ValueError, match="duration_s"):
+        fdb.FdbOutput(speech, 0.0)
+
+
+def test_chunk_rules_count_chunks_in_file_order():
+    span4 = [(0.0, 0.1, "[speech]"), (0.2, 0.3, "[speech]"), (0.4, 0.5, "[speech]"), (0.6, 0.9, "[speech]")]
+    assert fdb.chunk_takeover([]) == 0 and fdb.chunk_takeover(span4[:3]) == 0 and fdb.chunk_takeover(span4) == 1
+    # unlike takeover() on spans alone, the chunk rule counts: four spans in 0.9 s are a takeover
+    assert takeover(spans(*[c[:2] for c in span4])) == 0
+    assert fdb.chunk_takeover([(0.0, 0.5, "a"), (0.5, 1.0, "b")]) == 1  # exactly 1.0 s
+    assert fdb.tor_and_latency([(3.2, 3.5, "a"), (3.5, 4.5, "b")], 3.0) == {"tor": 1, "latency_s": pytest.approx(0.2)}
+    assert fdb.tor_and_latency([(2.0, 2.5, "a"), (2.5, 3.5, "b")], 3.0) == {"tor": 1, "latency_s": 0.0}
+    assert fdb.tor_and_latency([(3.2, 3.5, "a")], 3.0) == {"tor": 0, "latency_s": None}
+
+
+def test_refine_first_onset_snaps_to_the_onset_inside_the_first_word():
+    chunks = ((1.6, 2.3, "that"), (2.3, 2.6, "sounds"))
+    assert fdb.refine_first_onset(chunks, (0.4, 1.95, 2.1)) == ((1.95, 2.3, "that"), (2.3, 2.6, "sounds"))
+    assert fdb.refine_first_onset(chunks, (1.6,)) == chunks  # at the start: the same
+    assert fdb.refine_first_onset(chunks, (1.0, 2.3)) == chunks  # none inside [start, end)
+    assert fdb.refine_first_onset((), (1.0,)) == ()
+    answer = chunks + ((2.6, 3.0, "lovely"),)
+    out = fdb.FdbOutput(AgentSpeech(spans_s=((1.95, 3.1),), words=answer), 8.0, onset_refinement=True)
+    m = fdb.fdb_latency_metrics(out, 1.5)
+    assert m == {"fdb_tor": 1, "fdb_latency_s": pytest.approx(0.1), "fdb_source": "text",
+                 "fdb_chunks": [list(c) for c in answer], "fdb_latency_refined_s": pytest.approx(0.45)}
+    assert "fdb_latency_refined_s" not in fdb.fdb_latency_metrics(fdb.FdbOutput(out.speech, 8.0), 1.5)
+    short = fdb.FdbOutput(AgentSpeech(spans_s=((1.95, 2.4),), words=chunks[:1]), 8.0, onset_refinement=True)
+    assert fdb.fdb_latency_metrics(short, 1.5)["fdb_latency_refined_s"] is None  # TOR 0: no latency
+
+
 def test_lists_are_accepted_and_stored_as_tuples():
     s = AgentSpeech(spans_s=[[0.0, 1.0]], words=[[0.0, 0.5, "hi"]])
     assert s.spans_s == ((0.0, 1.0),) and s.words == ((0.0, 0.5, "hi"),)

@@ -95,7 +95,8 @@ def test_a_rebuild_deletes_only_files_its_journal_lists(tmp_path, recordings):
     build_corpus(src, out, BuildOptions(per_axis=1))  # fewer segments: the others' files go
     ids_after = {s.id for s in read_manifest(out)}
     assert ids_after < ids_before and sum(first.segments.values()) > len(ids_after)
-    assert {p.stem for p in (out / "audio").glob("*.flac")} == ids_after | {"not-a-segment"}
+    contexts = {f"{s.id}.context" for s in read_manifest(out) if s.context_s}  # a segment's context goes with it
+    assert {p.stem for p in (out / "audio").glob("*.flac")} == ids_after | contexts | {"not-a-segment"}
     assert planted.read_bytes() == b"someone put this here"
 
 

@@ -283,3 +283,64 @@ def test_reference_kl_matches_the_grpo_loss_kl_term():
     # by hand, text stream only: mean of exp(d) - d - 1 over the masked tokens, d = ref - new
     d = (ref - new)[:, 0][mask]
     assert float(reference_kl(new, ref, mask)) == pytest.approx(float((d.exp() - d - 1).mean()), abs=1e-7)
+
+
+# --- the seed paper's pieces: GDPO, exact KL, sequence normalisation --------------------------------
+
+
+def test_decoupled_advantages_on_hand_numbers():
+    from duplexgym.agents.training.losses import decoupled_advantages
+
+    # one group of 4: component 0 varies (1, 2, 3, 4), component 1 is the same for all (constant: adds 0)
+    comps = torch.tensor([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0], [4.0, 5.0]])
+    adv = decoupled_advantages(comps, torch.zeros(4, dtype=torch.long))
+    std = np.sqrt(((np.array([1, 2, 3, 4]) - 2.5) ** 2).mean())
+    np.testing.assert_allclose(adv.numpy(), (np.array([1, 2, 3, 4]) - 2.5) / (std + 1e-6), rtol=1e-6)
+    # two components, each standardised on its own then summed: a delay of seconds and a judge of 0..2
+    comps = torch.tensor([[-0.2, 2.0], [-3.0, 0.0], [-0.4, 1.0], [-1.0, 1.0]])
+    adv = decoupled_advantages(comps, torch.zeros(4, dtype=torch.long)).numpy()
+    want = np.zeros(4)
+    for c in range(2):
+        x = comps[:, c].numpy().astype(np.float64)
+        want += (x - x.mean()) / (x.std() + 1e-6)
+    np.testing.assert_allclose(adv, want, rtol=1e-5)
+    # a large-scale component does not drown a small one (what a summed reward would do)
+    summed = group_advantages(comps.sum(dim=1), torch.zeros(4, dtype=torch.long)).numpy()
+    assert not np.allclose(adv, summed)
+    # groups are standardised apart
+    two = decoupled_advantages(torch.cat([comps, comps * 10]), torch.tensor([0] * 4 + [1] * 4)).numpy()
+    np.testing.assert_allclose(two[:4], two[4:], rtol=1e-5)
+
+
+def test_exact_kl_equals_torch_kl_divergence_of_the_softmaxes():
+    from duplexgym.agents.training.losses import exact_kl
+
+    g = torch.Generator().manual_seed(0)
+    new_logits, ref_logits = torch.randn(3, 5, 40, generator=g), torch.randn(3, 5, 40, generator=g)
+    new, ref = torch.log_softmax(new_logits, -1), torch.log_softmax(ref_logits, -1)
+    want = torch.distributions.kl_divergence(torch.distributions.Categorical(logits=new_logits),
+                                             torch.distributions.Categorical(logits=ref_logits))
+    torch.testing.assert_close(exact_kl(new, ref), want, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(exact_kl(new, new), torch.zeros(3, 5), atol=1e-6)
+
+
+def test_grpo_loss_with_the_exact_kl_and_sequence_normalisation():
+    B, T = 2, 4
+    logp = torch.log(torch.full((B, 9, T), 0.5)).requires_grad_(True)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)  # 4 tokens vs 1
+    kl = torch.zeros(B, 9, T)
+    kl[0, 0] = 1.0
+    kl[1, 0, 0] = 3.0
+    exact = GrpoConfig(group_size=2, kl_coef=1.0, kl_estimator="exact")
+    _, m = grpo_loss(logp, logp.detach(), logp.detach(), torch.zeros(B), mask, exact, kl_exact=kl)
+    assert m["kl"].item() == pytest.approx((4 * 1.0 + 3.0) / 5)  # token: every token weighs the same
+    seq = GrpoConfig(group_size=2, kl_coef=1.0, kl_estimator="exact", normalization="sequence")
+    _, m = grpo_loss(logp, logp.detach(), logp.detach(), torch.zeros(B), mask, seq, kl_exact=kl)
+    assert m["kl"].item() == pytest.approx((1.0 + 3.0) / 2)  # sequence: each episode weighs the same
+    with pytest.raises(ValueError, match="needs kl_exact"):
+        grpo_loss(logp, logp.detach(), logp.detach(), torch.zeros(B), mask, exact)
+    adv = torch.tensor([1.0, -1.0])
+    tok, _ = grpo_loss(logp, logp.detach(), logp.detach(), adv, mask, GrpoConfig(group_size=2, kl_coef=0.0))
+    seqloss, _ = grpo_loss(logp, logp.detach(), logp.detach(), adv, mask,
+                           GrpoConfig(group_size=2, kl_coef=0.0, normalization="sequence"))
+    assert tok.item() == pytest.approx(-(4 * 1 - 1) / 5) and seqloss.item() == pytest.approx(-(1 - 1) / 2)

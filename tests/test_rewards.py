@@ -41,7 +41,7 @@ from duplexgym.rewards.spec import (
     load_spec,
     spec_from_dict,
 )
-from duplexgym.rewards.terms import RewardTerm, clip
+from duplexgym.rewards.terms import RewardTerm
 from duplexgym.rewards.turn import TurnParams
 
 from duplexgym.constants import FRAME_S
@@ -134,7 +134,8 @@ def test_episode_time_is_dialogue_time_minus_start():
 def test_pause_silence_holds_but_does_not_answer():
     term = pause.score(SILENT, PAUSE)
     assert isinstance(term, RewardTerm)
-    assert term.metrics == {"fdb_tor": 0, "hold": 1.0, "respond": -1.0, "pause_speech_s": 0.0}
+    assert term.metrics == {"fdb_tor": 0, "fdb_source": "vad", "fdb_window_s": [0.0, 3.6], "fdb_chunks": [],
+                            "hold": 1.0, "respond": -1.0, "pause_speech_s": 0.0}
     assert term.value == pytest.approx(0.75 * 1.0 + 0.25 * -1.0)  # default respond_weight 0.25
     # A pure hold reward: silence scores full marks.
     assert pause.score(SILENT, PAUSE, PauseParams(respond_weight=0.0)).value == 1.0
@@ -212,7 +213,8 @@ def test_pause_response_window_edges():
     answer = 1.5
     # Onset exactly at turn end - respond_early_s (3.8): an answer, not a takeover in the pause.
     term = pause.score(spans((3.8, 3.8 + answer)), PAUSE, EARLY_02_PAUSE)
-    assert term.metrics == {"fdb_tor": 0, "hold": 1.0, "respond": 1.0, "pause_speech_s": 0.0}
+    assert term.metrics == {"fdb_tor": 0, "fdb_source": "vad", "fdb_window_s": [0.0, 3.8], "fdb_chunks": [],
+                            "hold": 1.0, "respond": 1.0, "pause_speech_s": 0.0}
     assert term.value == 1.0
     # Starting earlier: neither an onset in the window nor (0.05 s before it) a takeover.
     term = pause.score(spans((3.75, 3.75 + answer)), PAUSE, EARLY_02_PAUSE)
@@ -270,7 +272,8 @@ def test_pause_respond_needs_the_speech_starting_in_the_window_to_be_the_takeove
 def test_turn_silence_is_no_answer():
     term = turn.score(SILENT, TURN)
     assert term.value == -1.0
-    assert term.metrics == {"fdb_tor": 0, "fdb_latency_s": None, "latency_s": None, "cut_in": 0}
+    assert term.metrics == {"fdb_tor": 0, "fdb_latency_s": None, "fdb_source": "vad", "fdb_chunks": [],
+                            "latency_s": None, "cut_in": 0}
 
 
 def test_turn_speech_throughout_is_a_cut_in():
@@ -369,8 +372,8 @@ def test_turn_latency_is_that_of_the_answer_not_of_an_earlier_backchannel():
 def test_backchannel_silence_scores_zero():
     term = backchannel.score(SILENT, BACKCHANNEL)
     assert term.value == 0.0
-    assert term.metrics == {"fdb_tor": 0, "fdb_frequency": 0.0, "fdb_jsd": 1.0, "precision": 0.0, "recall": 0.0,
-                            "n_agent": 0, "n_human": 2}
+    assert term.metrics == {"fdb_tor": 0, "fdb_frequency": 0.0, "fdb_jsd": 1.0, "fdb_source": "vad", "fdb_chunks": [],
+                            "fdb_segments": [], "precision": 0.0, "recall": 0.0, "n_agent": 0, "n_human": 2}
 
 
 def test_backchannel_speech_throughout_is_a_takeover():
@@ -438,7 +441,7 @@ def test_backchannel_overlap_at_first_and_last_frame():
     edges = segment("backchannel", 0.0, backchannels_s=((0.0, 0.25), (7.75, END)))
     term = backchannel.score(spans((0.0, 0.25), (7.75, END)), edges)
     assert term.value == 1.0 and term.metrics["n_agent"] == 2
-    m = backchannel_metrics(spans((0.0, 0.25), (7.75, END)), END, [0.0, 7.75])
+    m = backchannel_metrics(spans((0.0, 0.25), (7.75, END)), END, [(0.0, 0.25), (7.75, END)])  # the human spans
     assert term.metrics["fdb_jsd"] == m["jsd"] and term.metrics["fdb_frequency"] == m["frequency"]
 
 
@@ -457,10 +460,11 @@ def _official_jsd(model_bins: list[range], human_bins: list[range], n_bins: int 
 
 
 def test_backchannel_fdb_metrics_follow_the_benchmark_rule():
-    """Full-Duplex-Bench backchannel by hand (8 s output, human backchannel onsets 2.0 and 5.0:
-    bins 10 and 25 of 41): segment times rounded to 0.1 s; > 3 s stops the scan with TOR 1; the last
-    segment's class is the TOR; every scanned segment counts for frequency and JSD (1 without any)."""
-    human = [range(10, 11), range(25, 26)]
+    """Full-Duplex-Bench backchannel by hand (8 s output, human backchannels 2.0-2.25 and 5.0-5.25:
+    bins 10-11 and 25-26 of 41, the human *spans*, as the benchmark's icc_gt_distribution.json is
+    built, not their onsets): segment times rounded to 0.1 s; > 3 s stops the scan with TOR 1; the
+    last segment's class is the TOR; every scanned segment counts for frequency and JSD (1 without any)."""
+    human = [range(10, 12), range(25, 27)]
     cases = [  # (speech, tor, counted segments, their bins)
         (SILENT, 0, 0, None),
         (THROUGHOUT, 1, 0, None),  # 8 s > 3 s: the scan stops before counting it
@@ -494,7 +498,8 @@ def test_backchannel_other_segment_last_is_an_unmatched_response():
 
 def test_interruption_silence_stops_but_does_not_answer():
     term = interruption.score(SILENT, INTR)
-    assert term.metrics == {"fdb_tor": 0, "fdb_latency_s": None, "stop_latency_s": 0.0, "talk_over_s": 0.0,
+    assert term.metrics == {"fdb_tor": 0, "fdb_latency_s": None, "fdb_source": "vad", "fdb_chunks": [],
+                            "fdb_window_s": [4.5, END], "stop_latency_s": 0.0, "talk_over_s": 0.0,
                             "stop": 1.0, "respond": -1.0}
     assert term.value == 0.0
 
@@ -626,15 +631,21 @@ def test_values_in_range_and_fdb_metrics_on_random_timelines():
             term = SCORERS[axis](speech, seg)
             assert -1.0 <= term.value <= 1.0, (axis, speech, term)
             m = term.metrics
+            # without words, each span is one output.json chunk: the word-count rules count spans
+            as_words = speech if speech.words is not None else AgentSpeech(
+                spans_s=speech.spans_s, words=tuple((a, b, "[speech]") for a, b in speech.spans_s))
             if axis == "pause":
-                assert m["fdb_tor"] == pause_metrics(clip(speech, 0.0, 4.0 - PauseParams().respond_early_s))["tor"]
+                hold = 4.0 - PauseParams().respond_early_s
+                cut = AgentSpeech(spans_s=(), words=tuple((a, min(b, hold), t) for a, b, t in as_words.words if a < hold))
+                assert m["fdb_tor"] == pause_metrics(cut)["tor"]
             elif axis == "turn":
-                assert (m["fdb_tor"], m["fdb_latency_s"]) == tuple(turn_metrics(speech, 4.0).values())
+                assert (m["fdb_tor"], m["fdb_latency_s"]) == tuple(turn_metrics(as_words, 4.0).values())
             elif axis == "backchannel":
-                want = backchannel_metrics(speech, END, [2.0, 5.0])
+                want = backchannel_metrics(as_words, END, [(2.0, 2.25), (5.0, 5.25)])
                 assert (m["fdb_tor"], m["fdb_frequency"], m["fdb_jsd"]) == tuple(want.values())
             else:
-                assert (m["fdb_tor"], m["fdb_latency_s"]) == tuple(interruption_metrics(speech, 4.5).values())
+                assert (m["fdb_tor"], m["fdb_latency_s"]) == tuple(interruption_metrics(as_words, 4.5).values())
+            assert m["fdb_source"] == ("vad" if speech.words is None else "text")
 
 
 # ============================================================================================
@@ -712,6 +723,14 @@ def test_load_spec_from_dict():
     ({"dense": {"weight": float("inf")}}, ["dense.weight: expected a finite number, got inf"]),
     ({"terms": {"pause": {"params": {"speech_penalty": float("nan")}}}}, ["terms.pause.params.speech_penalty", "finite"]),
     ({"activity": {"vad": {"threshold": float("nan")}}}, ["activity.vad.threshold", "finite"]),
+    ({"metrics": {"source": "whisper"}}, ["metrics.source", "'whisper'", "vad, asr"]),
+    ({"metrics": {"source": 1}}, ["metrics.source", "expected str"]),
+    ({"metrics": {"sources": "asr"}}, ["metrics", "'sources'", "did you mean 'source'"]),
+    ({"metrics": {"onset_refinement": True}}, ["metrics.onset_refinement", "source: asr"]),
+    ({"metrics": {"onset_refinement": "yes"}}, ["metrics.onset_refinement", "true or false"]),
+    ({"metrics": {"source": "asr", "asr_model_dir": "/nonexistent/whisper"}},
+     ["metrics.asr_model_dir", "/nonexistent/whisper", "not a faster-whisper model directory"]),
+    ({"metrics": "asr"}, ["metrics", "mapping"]),
 ])
 def test_spec_errors_name_the_field(raw, fragments):
     with pytest.raises(RewardSpecError) as err:
@@ -748,6 +767,24 @@ def test_spec_to_dict_round_trips_with_explicit_vad():
 def test_default_spec_to_dict_round_trips():
     s = default_spec("text")
     assert spec_from_dict(s.to_dict()) == s
+
+
+def test_metrics_source_in_the_spec():
+    from duplexgym.rewards.activity import MetricsParams
+
+    s = default_spec()
+    assert s.metrics == MetricsParams() and s.metrics.source == "vad" and s.to_dict()["metrics"] == {
+        "source": "vad", "asr_model_dir": None, "onset_refinement": False}
+    pytest.importorskip("faster_whisper", reason="faster-whisper not installed (optional: ASR metrics)")
+    from duplexgym.rewards.asr import asr_available
+
+    if asr_available():
+        pytest.skip(asr_available())
+    raw = {"metrics": {"source": "asr", "onset_refinement": True}, "terms": {"turn": {"weight": 1.0}}}
+    s = load_spec(raw)
+    assert s.metrics == MetricsParams(source="asr", onset_refinement=True) and set(s.terms) == {"turn"}
+    assert spec_from_dict(s.to_dict()) == s
+    assert load_spec({"metrics": {"source": "asr"}}).terms == default_spec().terms  # no terms: the defaults
 
 
 # ============================================================================================

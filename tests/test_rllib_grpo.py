@@ -81,7 +81,7 @@ def _check_iteration(m, episodes, G):
         assert len(group) == G and len({e.custom_data["segment"] for e in group}) == 1
         assert len({e.custom_data["episode_seed"] for e in group}) == G
         assert len({len(e) for e in group}) == 1
-    records = [connector._episode_record(e) for e in episodes]
+    records = [connector.episode_record(e) for e in episodes]
     batch = rg.build_group_batch(records)
     for g in np.unique(batch[rg.GROUP]):
         assert abs(batch[rg.ADVANTAGES][batch[rg.GROUP] == g].mean()) < 1e-5
@@ -194,3 +194,47 @@ def test_batch_reward_to_go_advantages_and_failed_episodes():
     np.testing.assert_allclose(adv, [1.0, -1.0, 0.0], atol=1e-5)
     with pytest.raises(ValueError, match="advantage: expected one of"):
         rg.build_group_batch(eps, advantage="gae")
+
+
+@pytest.mark.slow
+def test_the_seed_papers_optimisation_on_ray(small_corpus, local_ray):
+    """AdamW (betas, weight decay), the global-norm clip, a cosine schedule with warm-up, minibatches
+    of one episode (G gradient steps per group), the exact KL and the sequence normalisation: the
+    learner does as many steps as the config says, at the schedule's rates, with clipped gradients,
+    and GRPO's advantages come from whole groups although each step sees one episode."""
+    from duplexgym.agents.training.schedule import learning_rate
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    G, iterations, clip = 2, 2, 1e-3
+    cfg = _cfg(small_corpus, iterations=iterations, group_size=G, segments_per_iteration=2, seed=4, axes=["turn"],
+               lr=1.0e-3, kl_coef=0.01, kl="exact", normalization="sequence", minibatch_size=1,
+               advantage="decoupled", rewards={"dense": {"weight": 1.0}},
+               optimizer={"name": "adamw", "betas": [0.9, 0.95], "weight_decay": 0.1, "grad_clip": clip,
+                          "schedule": "cosine", "warmup_steps": 1})
+    assert cfg.gradient_steps_per_iteration == 4  # 2 groups x 2 episodes, one step each
+    seen = []
+
+    def on_iteration(algo, m):
+        learner = algo.learner_group._learner
+        (optimizer,) = learner._named_optimizers.values()
+        grads = [p.grad for p in learner.module[DEFAULT_MODULE_ID].parameters() if p.grad is not None]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).item()
+        group = dict(optimizer.param_groups[0], params=None)  # as it is now, after this iteration's last step
+        seen.append((m, list(algo.last_episodes), learner.gradient_steps, (type(optimizer), group), norm))
+
+    driver.train_policy(cfg, segments=_shortest(small_corpus, "turn", 2), on_iteration=on_iteration)
+    total = iterations * 4
+    for i, (m, episodes, steps, optimizer, norm) in enumerate(seen):
+        assert steps == 4 * (i + 1) and m["gradient_steps"] == steps
+        kind, group = optimizer
+        assert kind is torch.optim.AdamW
+        assert group["betas"] == (0.9, 0.95) and group["weight_decay"] == 0.1
+        assert group["lr"] == pytest.approx(learning_rate(steps - 1, total, 1e-3, "cosine", 1))  # the last step's
+        assert m["grad_norm"] > clip and norm <= clip * (1 + 1e-4)  # logged before the clip, applied after
+        assert np.isfinite(m["loss"]) and m["kl"] >= 0
+        # advantages were computed per group before the minibatches: they sum to 0 within each group
+        by_group: dict = {}
+        for e in episodes:
+            by_group.setdefault(e.custom_data["group"], []).append(e.custom_data["advantage"])
+        assert len(by_group) == 2 and all(abs(sum(a)) < 1e-5 for a in by_group.values())
+    assert seen[0][0]["kl"] > 0 and seen[1][0]["kl"] > 0  # steps 2..4 of the first iteration already moved the policy

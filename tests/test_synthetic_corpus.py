@@ -89,6 +89,21 @@ def test_label_sanity(corpus):
                 assert e["text"] in phrases.BACKCHANNELS and e["end_s"] - e["start_s"] < 0.8
             else:
                 assert 0.5 <= e["stop_s"] - e["onset_s"] <= 1.2 < e["end_s"] - e["onset_s"]
+        speech = truth["speech"]  # each speaker's exact speech: the labels' boundaries are its edges
+        assert set(speech) == {"A", "B"}
+        for spans in speech.values():
+            assert spans == sorted(spans) and all(a < b <= c for (a, b), (c, _) in zip(spans, spans[1:] + [[1e9, 0]]))
+        starts = {s: {a for a, _ in v} for s, v in speech.items()}
+        ends = {s: {b for _, b in v} for s, v in speech.items()}
+        for e in events:
+            if e["type"] == "pause":
+                assert e["start_s"] in ends[e["speaker"]] and e["end_s"] in starts[e["speaker"]]
+            elif e["type"] == "turn":
+                assert e["end_s"] in ends[e["from"]] and e["onset_s"] in starts[e["to"]]
+            elif e["type"] == "backchannel":
+                assert [e["start_s"], e["end_s"]] in speech[e["speaker"]]
+            else:
+                assert e["onset_s"] in starts[e["speaker"]] and e["stop_s"] in ends[e["interrupted"]]
         counts = {k: sum(e["type"] == k for e in events) for k in FIELDS}
         assert counts["pause"] >= 1 and counts["backchannel"] >= 1 and counts["turn"] >= 2
         kinds |= {k for k, n in counts.items() if n}

@@ -105,8 +105,11 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
     def on_checkpoint(algo, path, done):
         saved[done] = {"path": path, "lm": _lm_state(algo), "optim": _optim_state(algo)}
 
+    # the driver-sampling run also uses AdamW with a cosine schedule: its state and step count come back too
+    optim = {} if env_runners else {"optimizer": {"name": "adamw", "betas": [0.9, 0.95], "weight_decay": 0.1,
+                                                  "schedule": "cosine", "min_lr": 1.0e-4}}
     full = run_training(_cfg(small_corpus, tmp_path / "full", iterations=2, checkpoint_interval=1,
-                             env_runners=env_runners),
+                             env_runners=env_runners, **optim),
                         on_checkpoint=on_checkpoint)
     assert sorted(saved) == [1, 2]
     assert saved[1]["path"] == tmp_path / "full" / "checkpoints" / "iter_0001"
@@ -115,10 +118,12 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
     started = {}
 
     def on_start(algo, done):
-        started.update(done=done, lm=_lm_state(algo), optim=_optim_state(algo))
+        learner = algo.learner_group._learner
+        started.update(done=done, lm=_lm_state(algo), optim=_optim_state(algo), steps=learner.gradient_steps,
+                       kind=type(next(iter(learner._named_optimizers.values()))))
 
     ended = {}
-    resumed = run_training(_cfg(small_corpus, tmp_path / "resumed", iterations=2, env_runners=env_runners),
+    resumed = run_training(_cfg(small_corpus, tmp_path / "resumed", iterations=2, env_runners=env_runners, **optim),
                            resume=saved[1]["path"],
                            on_start=on_start, on_checkpoint=lambda algo, path, done: ended.update({done: _lm_state(algo)}))
     assert started["done"] == 1
@@ -131,6 +136,8 @@ def test_resume_restores_weights_adam_and_the_segment_schedule(small_corpus, tmp
     moments = _adam_moments(started["optim"])
     assert moments and all(float(np.asarray(m["step"])) == 1.0 for m in moments)
     _assert_equal_tree(saved[1]["optim"], started["optim"])
+    assert started["steps"] == 1  # the schedule goes on from the checkpoint's step
+    assert started["kind"] is (torch.optim.Adam if env_runners else torch.optim.AdamW)
 
     # iteration 2 (index 1) replays the uninterrupted run's segment schedule
     assert [r["iteration"] for r in resumed["iterations"]] == [1]

@@ -11,7 +11,15 @@ dataset numbers are computed with :func:`duplexgym.rewards.fdb.aggregate` from t
 - interruption: TOR (higher), relevance (0-5, the ``quality`` term's ``relevance_0_5`` metric
   when the reward spec has a quality term, else none), latency (s, lower).
 
-:data:`PUBLISHED` holds the numbers the Full-Duplex-Bench v1 papers report for Moshi, PersonaPlex
+Where the metrics read the agent's words from is the reward spec's ``metrics.source``
+(:class:`duplexgym.rewards.activity.MetricsParams`): reported per axis and overall as
+``metrics_source`` (``vad``: silero speech spans stand in for words; ``text``: the Moshi text
+stream's tokens; ``asr``: faster-whisper words, the benchmark's procedure) in the JSON and the
+table header. With ``metrics.onset_refinement`` the turn and interruption entries also hold
+``latency_refined_s`` (first word snapped to the VAD onset inside it).
+
+The table ends with published Full-Duplex-Bench v1 rows (:mod:`.published`: the seed paper's Table 1
+and the benchmark repository's rows), labelled as published: the numbers the papers report for Moshi, PersonaPlex
 and GPT-Realtime on the benchmark's own test sets (FACTS.md): printed for orientation, they were
 not measured on the corpus being evaluated. ``export`` writes the episodes in the benchmark's
 folder layout (:mod:`duplexgym.agents.evaluation.export`) so its official scorer can run on them.
@@ -25,6 +33,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from duplexgym.rewards.fdb import aggregate
+from duplexgym.rewards.spec import axis_term
 
 from duplexgym.constants import AXES
 
@@ -37,21 +46,12 @@ AXIS_METRICS = {
 }
 #: The quality term's metric that holds the FD-Bench-style relevance rating (0-5).
 RELEVANCE_METRIC = "relevance_0_5"
-
-#: Published Full-Duplex-Bench v1 numbers (FACTS.md): not measured here. Pause TOR is given for
-#: the synthetic and the Candor test set.
-PUBLISHED = {
-    "Moshi": {"pause_tor": (0.985, 0.980), "backchannel_tor": 1.000, "backchannel_frequency": 0.001,
-              "backchannel_jsd": 0.957, "turn_tor": 0.941, "turn_latency_s": 0.265,
-              "interruption_tor": 1.000, "interruption_relevance": 0.765, "interruption_latency_s": 0.257},
-    "PersonaPlex": {"pause_tor": (0.584, 0.662), "backchannel_tor": 0.327, "backchannel_frequency": 0.025,
-                    "backchannel_jsd": 0.649, "turn_tor": 0.992, "turn_latency_s": 0.070,
-                    "interruption_tor": 1.000, "interruption_relevance": 4.210, "interruption_latency_s": 0.400},
-    "GPT-Realtime": {"pause_tor": (0.010, 0.120), "backchannel_tor": 0.000, "backchannel_frequency": 0.007,
-                     "backchannel_jsd": 0.980, "turn_tor": 1.000, "turn_latency_s": 1.470,
-                     "interruption_tor": 0.970, "interruption_relevance": 3.850, "interruption_latency_s": 1.500},
+#: What each metric source label means (table header).
+SOURCE_NOTES = {
+    "vad": "silero VAD speech spans stand in for ASR words (one chunk per span)",
+    "text": "the Moshi text stream's tokens stand in for ASR words",
+    "asr": "faster-whisper (whisper-base) words of output.wav, the benchmark's procedure",
 }
-
 
 def select_segments(corpus, per_axis: int | None = None, seed: int = 0) -> list:
     """The segments to evaluate, in manifest order: all, or ``per_axis`` of each axis chosen with
@@ -69,13 +69,15 @@ def select_segments(corpus, per_axis: int | None = None, seed: int = 0) -> list:
 def fdb_sample(axis: str, reward_terms: dict) -> dict | None:
     """One episode's per-sample FD-Bench metrics for :func:`aggregate`, or ``None`` when the axis
     term is missing (failed, or not in the reward spec)."""
-    term = reward_terms["terms"].get(axis)
+    term = axis_term(reward_terms["terms"], axis)
     if term is None:
         return None
     m = term["metrics"]
-    sample = {"tor": m["fdb_tor"]}
+    sample = {"tor": m["fdb_tor"], "source": m.get("fdb_source")}
     if axis in ("turn", "interruption"):
         sample["latency_s"] = m["fdb_latency_s"]
+        if "fdb_latency_refined_s" in m:
+            sample["latency_refined_s"] = m["fdb_latency_refined_s"]
     if axis == "backchannel":
         sample["frequency"], sample["jsd"] = m["fdb_frequency"], m["fdb_jsd"]
     if axis == "interruption":
@@ -84,10 +86,19 @@ def fdb_sample(axis: str, reward_terms: dict) -> dict | None:
     return sample
 
 
+def _source(labels) -> str | None:
+    """One label for a set of metric-source labels: the label, ``"mixed: a, b"``, or None."""
+    labels = sorted({x for x in labels if x is not None})
+    if not labels:
+        return None
+    return labels[0] if len(labels) == 1 else "mixed: " + ", ".join(labels)
+
+
 def summarize_eval(agent: str, per_episode: list[dict]) -> dict:
-    """``{"agent", "overall", "episodes", "failed", "by_axis": {axis: {"episodes", "reward_mean",
-    "failed", <AXIS_METRICS>}}}`` from the episodes' ``reward_terms``. ``overall``: the mean of the
-    per-axis reward means. Metrics an axis does not have (pause latency, ...) are ``None``."""
+    """``{"agent", "overall", "episodes", "failed", "metrics_source", "by_axis": {axis: {"episodes",
+    "reward_mean", "failed", "metrics_source", <AXIS_METRICS>}}}`` from the episodes'
+    ``reward_terms``. ``overall``: the mean of the per-axis reward means. Metrics an axis does not
+    have (pause latency, ...) are ``None``; ``latency_refined_s`` is there when the episodes carry it."""
     by_axis = {}
     for axis in AXES:
         mine = [e for e in per_episode if e["axis"] == axis]
@@ -100,10 +111,16 @@ def summarize_eval(agent: str, per_episode: list[dict]) -> dict:
         for key in AXIS_METRICS[axis]:
             value = fdb.get(key)
             entry[key] = None if value is None else float(value)
+        refined = [s for s in samples if "latency_refined_s" in s]
+        if refined:  # FD-Bench's latency averaging (TOR = 1 samples) on the refined onsets
+            took = [float(s["latency_refined_s"]) for s in refined if s["tor"] == 1]
+            entry["latency_refined_s"] = float(np.mean(took)) if took else None
+        entry["metrics_source"] = _source(s["source"] for s in samples)
         by_axis[axis] = entry
     overall = float(np.mean([v["reward_mean"] for v in by_axis.values()])) if by_axis else None
     return {"agent": agent, "overall": overall, "episodes": len(per_episode),
-            "failed": sum(1 for e in per_episode if e.get("failed")), "by_axis": by_axis}
+            "failed": sum(1 for e in per_episode if e.get("failed")),
+            "metrics_source": _source(v["metrics_source"] for v in by_axis.values()), "by_axis": by_axis}
 
 
 def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, seed: int = 0,
@@ -152,19 +169,31 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
 
 # ----------------------------------------------------------------------------- the table
 
-_COLUMNS = (  # (header, axis, key, published key)
-    ("TOR-", "pause", "tor", "pause_tor"),
-    ("TOR-", "backchannel", "tor", "backchannel_tor"),
-    ("freq+", "backchannel", "frequency", "backchannel_frequency"),
-    ("JSD-", "backchannel", "jsd", "backchannel_jsd"),
-    ("TOR+", "turn", "tor", "turn_tor"),
-    ("lat-", "turn", "latency_s", "turn_latency_s"),
-    ("TOR+", "interruption", "tor", "interruption_tor"),
-    ("rel+", "interruption", "relevance", "interruption_relevance"),
-    ("lat-", "interruption", "latency_s", "interruption_latency_s"),
+_COLUMNS = (  # (header, axis, key, published metric: agents.evaluation.published.COLUMNS)
+    ("TOR-", "pause", "tor", "tor"),
+    ("TOR-", "backchannel", "tor", "tor"),
+    ("freq+", "backchannel", "frequency", "frequency"),
+    ("JSD-", "backchannel", "jsd", "jsd"),
+    ("TOR+", "turn", "tor", "tor"),
+    ("lat-", "turn", "latency_s", "latency_s"),
+    ("TOR+", "interruption", "tor", "tor"),
+    ("rel+", "interruption", "relevance", "relevance_0_5"),
+    ("lat-", "interruption", "latency_s", "latency_s"),
 )
 _GROUPS = (("pause", 1), ("backchannel", 3), ("turn-taking", 2), ("user interruption", 3))
-_NAME_W, _COL_W = 22, 7
+_NAME_W, _COL_W = 36, 7
+
+
+def _published_cells(values: dict) -> str:
+    """One published row (``{"axis.metric": value}``) in the table's columns; pause TOR is
+    synthetic/Candor."""
+    cells = []
+    for _, axis, _, metric in _COLUMNS:
+        if axis == "pause":
+            cells.append(_cell((values["pause.tor_synthetic"], values["pause.tor_candor"]), _COL_W + 4))
+        else:
+            cells.append(_cell(values.get(f"{axis}.{metric}")))
+    return "".join(" " + c for c in cells)
 
 
 def _cell(value, width: int = _COL_W) -> str:
@@ -184,6 +213,10 @@ def format_table(summaries: list[dict]) -> str:
     if "obs_mode" in first:
         head += f" (obs {first['obs_mode']}, actions {first['action_mode']})"
     lines.append(head)
+    for source in dict.fromkeys(s.get("metrics_source") for s in summaries):
+        agents = ", ".join(s["agent"] for s in summaries if s.get("metrics_source") == source)
+        note = SOURCE_NOTES.get(source, "see each episode's fdb_source")
+        lines.append(f"metrics source: {source} ({note})" + (f" -- {agents}" if len(summaries) > 1 else ""))
     group = " " * _NAME_W + "".join(f" {name:<{n * (_COL_W + 1) - 1}}" for name, n in _GROUPS)
     group += "  | our reward means, [-1, 1]"
     lines.append(group)
@@ -198,12 +231,19 @@ def format_table(summaries: list[dict]) -> str:
         lines.append(f"{name:<{_NAME_W}}{row}  |{rew}")
         if s.get("failed"):
             lines.append(f"  {s['failed']} episodes of {s['agent']} had failed reward terms (left out of the metrics)")
-    lines.append("published Full-Duplex-Bench v1 numbers (the benchmark's own test sets, NOT this corpus;"
-                 " pause TOR synthetic/candor):")
-    for model, ref in PUBLISHED.items():
-        row = "".join(" " + _cell(ref[pkey], _COL_W + (4 if pkey == "pause_tor" else 0))
-                      for _, _, _, pkey in _COLUMNS)
-        lines.append(f"{'  ' + model:<{_NAME_W - 4}}{row}")
+        refined = {a: by_axis[a]["latency_refined_s"] for a in ("turn", "interruption")
+                   if a in by_axis and "latency_refined_s" in by_axis[a]}
+        if refined:
+            lines.append("  latency with onsets refined (first word snapped to the VAD onset): "
+                         + ", ".join(f"{a} {_cell(v).strip()}" for a, v in refined.items()))
+    from duplexgym.agents.evaluation.published import SOURCES, published_rows
+
+    for key, (label, _) in SOURCES.items():
+        lines.append(f"published, NOT measured here (the benchmark's own test sets; pause TOR synthetic/candor): "
+                     f"{label}")
+        for row in published_rows():
+            if row["source"] == key:
+                lines.append(f"{'  ' + row['model']:<{_NAME_W - 4}}{_published_cells(row['values'])}")
     lines.append("'-' lower is better, '+' higher is better; lat = latency in s (TOR = 1 samples); freq = "
                  "backchannels per s; rel = relevance 0-5 (needs a quality term)")
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from duplexgym.rewards.spec import axis_term
 
 
 def score_policy(policy, corpus: str | os.PathLike, segments: list[str], rollouts: int = 4, seed: int = 0,
@@ -61,7 +62,7 @@ def score_policy(policy, corpus: str | os.PathLike, segments: list[str], rollout
                         final[r] = info["reward_terms"]
             axis = replay.by_id[segment].axis
             for r, terms in enumerate(final):
-                term = terms["terms"].get(axis)
+                term = axis_term(terms["terms"], axis)
                 out.append({"segment": segment, "axis": axis, "row": r, "return": float(returns[r]),
                             "score": None if term is None else float(term["value"]), "reward": float(terms["reward"])})
     finally:

@@ -13,7 +13,8 @@ only the record names: a term judged by an LLM server (``quality`` with ``backen
 model folder the record names is taken from the record's stored value (and the check says so),
 unless the caller names the judge (``judge``: ``{"base_url": ..., "model": ...}`` from the user's
 own command line). ``rescore`` scores under the spec the user passes (``--rewards``), never the
-records' own.
+records' own. Records of live dialogues (``duplexgym/Conversation-v0``, a ``live`` schedule) go to
+:func:`.live.replay_check_live` and :func:`.live.rescore_live`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import gymnasium as gym
 import numpy as np
 
 from duplexgym.rewards.dense import dense_rewards
-from duplexgym.rewards.record import ARRAY_NAMES, EpisodeRecord, RecordError
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES
+from duplexgym.rewards.record import ARRAY_NAMES, PREFIX_ARRAYS, EpisodeRecord, RecordError
 from duplexgym.rewards.scoring import score_episode
 from duplexgym.rewards.spec import load_spec
 
@@ -50,6 +52,10 @@ def replay_check(path: str | Path, judge: dict | None = None) -> dict:
         record = EpisodeRecord.load(path)
     except RecordError as exc:
         return {"episode": str(path), "ok": False, "mismatches": [str(exc)], "notes": [], "steps": 0}
+    if record.live is not None:  # a live dialogue (Conversation-v0): its own env and checks
+        from duplexgym.agents.evaluation.live import replay_check_live
+
+        return replay_check_live(path, judge=judge)
     cfg = record.env
     spec = dict(cfg["rewards"])
     stored, notes = {}, []
@@ -72,38 +78,53 @@ def replay_check(path: str | Path, judge: dict | None = None) -> dict:
     spec["terms"] = terms
     env = gym.make(cfg["id"] or "duplexgym/Interactivity-v0", corpus=cfg["corpus"], obs_mode=cfg["obs_mode"],
                    action_mode=cfg["action_mode"], rewards=spec, codec=cfg["codec"],
-                   text_card=cfg["text_card"], axes=tuple(cfg["axes"]), text_tokenizer=cfg.get("text_tokenizer"))
+                   text_card=cfg["text_card"], axes=tuple(cfg["axes"]), text_tokenizer=cfg.get("text_tokenizer"),
+                   lead_in_s=float(cfg.get("lead_in_s") or 0.0))
     base = env.unwrapped
     mismatches = []
     if base.corpus.codec_id != cfg.get("codec_id"):
         mismatches.append(f"corpus codec {base.corpus.codec_id} differs from the recorded {cfg.get('codec_id')}")
-    options = {"segment": record.segment.id}
+    prefix = record.prefix or {}
+    lead, context = int(prefix.get("lead_in_frames", 0)), int(prefix.get("context_frames", 0))
+    options = {"segment": record.segment.id, "lead_in_s": lead * FRAME_S, "context_s": context * FRAME_S}
     if stored:
         options["stored_terms"] = stored
-    env.reset(seed=record.seed, options=options)
+    _, info = env.reset(seed=record.seed, options=options)
     if base._obs_sha256 != record.obs_sha256:
         mismatches.append("observation stream differs (SHA-256)")
-    n = record.n_frames
-    rewards = np.zeros(n)
-    if record.text_tokens is not None:
-        actions = np.concatenate([record.text_tokens[:, None].astype(np.int64), record.audio_codes.T.astype(np.int64)], axis=1)
-    else:
-        actions = record.audio.reshape(n, -1)
-    for t in range(n):
+    if (info.get("lead_in_frames", 0), info.get("context_frames", 0)) != (lead, context):
+        mismatches.append(f"the corpus gives {info.get('context_frames', 0)} context frames, the record has {context}")
+    actions = np.concatenate([_actions(prefix, lead + context), _actions(record.__dict__, record.n_frames)])
+    rewards = np.zeros(len(actions))
+    for t in range(len(actions)):
         _, rewards[t], _, _, info = env.step(actions[t])
+    if rewards[: lead + context].any():
+        mismatches.append("a frame before the segment was rewarded")
+    rewards = rewards[lead + context:]
     if not np.array_equal(rewards, record.rewards):
         bad = int(np.flatnonzero(rewards != record.rewards)[0])
         mismatches.append(f"reward of step {bad} differs: {rewards[bad]!r} vs recorded {record.rewards[bad]!r}")
     if _canonical(info["reward_terms"]) != _canonical(record.reward_terms):
         mismatches.append("final reward_terms differ")
     replayed = base.episode_record()
-    for name in ARRAY_NAMES:
-        mine, theirs = getattr(replayed, name), getattr(record, name)
+    pairs = [(name, getattr(replayed, name), getattr(record, name)) for name in ARRAY_NAMES]
+    pairs += [(f"prefix_{name}", (replayed.prefix or {}).get(name), prefix.get(name)) for name in PREFIX_ARRAYS]
+    for name, mine, theirs in pairs:
         if (mine is None) != (theirs is None) or (mine is not None and not (
                 mine.dtype == theirs.dtype and np.array_equal(mine, theirs))):
             mismatches.append(f"array {name} differs from what the replay produces")
     env.close()
-    return {"episode": str(path), "ok": not mismatches, "mismatches": mismatches, "notes": notes, "steps": n}
+    return {"episode": str(path), "ok": not mismatches, "mismatches": mismatches, "notes": notes, "steps": len(actions)}
+
+
+def _actions(arrays: dict, n: int) -> np.ndarray:
+    """The ``n`` recorded actions (``[n, 9]`` tokens or ``[n, 1920]`` samples) of a record's arrays."""
+    if n == 0:
+        return np.zeros((0, 9), np.int64) if arrays.get("audio") is None else np.zeros((0, FRAME_SAMPLES), np.float32)
+    if arrays.get("text_tokens") is not None:
+        return np.concatenate([arrays["text_tokens"][:, None].astype(np.int64),
+                               arrays["audio_codes"].T.astype(np.int64)], axis=1)
+    return arrays["audio"].reshape(n, FRAME_SAMPLES)
 
 
 def rescore(records_dir: str | Path, spec_source) -> tuple[dict, list[dict]]:
@@ -122,6 +143,14 @@ def rescore(records_dir: str | Path, spec_source) -> tuple[dict, list[dict]]:
     paths = [p for p in paths if p.with_suffix(".npz").is_file()]
     if not paths:
         raise FileNotFoundError(f"{records_dir}: no episode records (.json + .npz) found")
+    live = sum(1 for p in paths if EpisodeRecord.load(p).live is not None)
+    if live:  # live dialogues (Conversation-v0) are scored per event of the dialogue
+        if live < len(paths):
+            raise ValueError(f"{records_dir}: holds {live} live dialogue records and {len(paths) - live} replay "
+                             "episode records; rescore each kind on its own")
+        from duplexgym.agents.evaluation.live import rescore_live
+
+        return rescore_live(records_dir, spec_source)
     results, readers, differs = [], {}, 0
     for p in paths:
         record = EpisodeRecord.load(p)

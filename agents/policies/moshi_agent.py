@@ -29,7 +29,8 @@ so model frame ``t - 1`` is the one simultaneous with user frame ``t``. Hence:
 ## Teacher-forced prefix (interruption episodes)
 ``reset`` info ``forced_frames = k`` and ``forced_prefix.action = A`` (``[k, 9]``; a bare
 ``forced_action`` array is read too): the env plays the human reference as the agent's first ``k``
-frames. The agent makes its state as if it had said them:
+frames (those ``forced_prefix.mask`` marks: a lead-in of user silence before a context is the
+agent's own; below, "forced frame ``j``" means ``mask[j]``). The agent makes its state as if it had said them:
 env frame ``j`` is model frame ``j - 1``, so at step ``t``
 
 - text and codebook 0 are forced to ``A[t + 1, 0:2]`` while ``t + 1 < k`` (the text
@@ -207,6 +208,7 @@ class MoshiAgent:
         self._t = np.zeros(B, dtype=np.int64)  # steps taken since the row's reset = env frame of the next act
         self._k = np.zeros(B, dtype=np.int64)  # forced frames
         self._prefix: list[np.ndarray] = [np.zeros((0, N_STREAMS), np.int64)] * B
+        self._mask: list[np.ndarray] = [np.zeros(0, bool)] * B  # which of the prefix frames are forced
         self.episode_seeds = np.zeros(B, dtype=np.uint64)
         self.episodes_started = 0
 
@@ -311,7 +313,7 @@ class MoshiAgent:
             self.episodes_started += 1
             self.episode_seeds[r] = episode_seed
             self._generators[r].manual_seed(episode_seed)
-            self._prefix[r], self._k[r], self._t[r] = prefix, len(prefix), 0
+            (self._prefix[r], self._mask[r]), self._k[r], self._t[r] = prefix, len(prefix[0]), 0
             self._started[r] = True
         with torch.inference_mode():
             reset = torch.from_numpy(rows).to(self.device)
@@ -332,7 +334,7 @@ class MoshiAgent:
         first = self._t == 0
         if first.any():  # step 0 of a row: no model frame yet (LMGen marks it ungenerated, -2)
             for r in np.flatnonzero(first):
-                actions[r] = self._prefix[r][0] if self._k[r] else self.silence_action
+                actions[r] = self._prefix[r][0] if self._k[r] and self._mask[r][0] else self.silence_action
         if actions.min() < 0:  # any other ungenerated token would be an alignment bug
             raise RuntimeError(f"LMGen returned ungenerated tokens at steps {self._t.tolist()}: {actions.tolist()}")
         self._t += 1
@@ -357,14 +359,18 @@ class MoshiAgent:
             raise RuntimeError(f"reset()/act() drive one row; this agent has batch_size={self.batch_size}: "
                                "use reset_batch()/act_batch()")
 
-    def _forced_prefix(self, info: dict | None, row: int) -> np.ndarray:
-        """Row ``row``'s forced tokens ``[k, 9]`` from reset info: ``forced_prefix`` (the env's
-        :class:`~duplexgym.envs.replay.ForcedPrefix`), else a bare ``forced_action`` array."""
+    def _forced_prefix(self, info: dict | None, row: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row ``row``'s leading frames from reset info: tokens ``[k, 9]`` and which of them are forced
+        (bool ``[k]``), from ``forced_prefix`` (the env's :class:`~duplexgym.envs.replay.ForcedPrefix`;
+        its mask leaves a lead-in free), else a bare ``forced_action`` array (all forced)."""
         k = int(info.get("forced_frames", 0) or 0) if info is not None else 0
         if k == 0:
-            return np.zeros((0, N_STREAMS), np.int64)
+            return np.zeros((0, N_STREAMS), np.int64), np.zeros(0, bool)
         prefix = info.get("forced_prefix")
         forced = np.asarray(prefix.action if prefix is not None else info.get("forced_action"))
+        mask = prefix.forced() if prefix is not None else np.ones(k, bool)
+        if mask.shape != (k,):
+            raise ValueError(f"row {row}: the forced prefix's mask has {mask.shape[0]} entries for {k} frames")
         if forced.ndim != 2 or forced.shape != (k, N_STREAMS) or forced.dtype.kind not in "iu":
             raise ValueError(f"row {row}: reset info forced_frames={k} needs the forced prefix as integer tokens "
                              f"[{k}, {N_STREAMS}] (env action_mode='tokens'), got {forced.dtype} {forced.shape}")
@@ -372,7 +378,7 @@ class MoshiAgent:
                 or forced[:, 1:].min() < 0 or forced[:, 1:].max() >= MIMI_CARDINALITY:
             raise ValueError(f"row {row}: forced_action tokens out of range (text < {self.lm.text_card}, "
                              f"audio < {MIMI_CARDINALITY})")
-        return forced.astype(np.int64)
+        return forced.astype(np.int64), mask
 
     def _read_observations(self, observations) -> None:
         obs = np.asarray(observations)
@@ -402,17 +408,18 @@ class MoshiAgent:
         forced_audio = np.zeros((B, dep_q), np.int64)
         forced_text = np.zeros(B, np.int64)
         for r in rows:
-            t, k, prefix = self._t[r], self._k[r], self._prefix[r]
-            if t + 1 < k:  # text and codebook 0 of model frame t = env frame t + 1
+            t, k, prefix, mask = self._t[r], self._k[r], self._prefix[r], self._mask[r]
+            if t + 1 < k and mask[t + 1]:  # text and codebook 0 of model frame t = env frame t + 1
                 force_text[r] = force_audio[r, 0] = True
                 forced_text[r], forced_audio[r, 0] = prefix[t + 1, 0], prefix[t + 1, 1]
-            force_audio[r, 1:] = True  # codebooks 1..7 of model frame t - 1 = env frame t
-            forced_audio[r, 1:] = prefix[t, 2:]
+            if mask[t]:  # codebooks 1..7 of model frame t - 1 = env frame t
+                force_audio[r, 1:] = True
+                forced_audio[r, 1:] = prefix[t, 2:]
         c.force_text.copy_(torch.from_numpy(force_text))
         c.forced_text.copy_(torch.from_numpy(forced_text))
         c.force_audio.copy_(torch.from_numpy(force_audio))
         c.forced_audio.copy_(torch.from_numpy(forced_audio))
-        c.forcing = bool(len(rows))
+        c.forcing = bool(force_text.any() or force_audio.any())
         if c.forcing and force_audio.all():
             self._replace[:, :, 0] = c.forced_audio
             return self._replace

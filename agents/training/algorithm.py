@@ -15,7 +15,9 @@ import os
 import time
 
 import numpy as np
-from duplexgym.agents.training.connector import GroupBatchConnector
+from duplexgym.agents.training.batch import episode_advantages
+from duplexgym.agents.training.checkpoints import on_learners
+from duplexgym.agents.training.connector import GroupBatchConnector, episode_record
 from duplexgym.agents.training.learner import GrpoLearner
 from duplexgym.agents.training.module import MoshiRLModule
 from duplexgym.agents.training.ppo import PpoConnector, PpoLearner, PpoRLModule
@@ -92,6 +94,21 @@ class GroupSamplingAlgorithm(Algorithm):
         self.last_iteration: dict = {}  # the last iteration's metrics (train_policy's per-iteration row)
         super().setup(config)
 
+    def _updates(self, episodes: list, train: dict) -> list[tuple[list, int]]:
+        """The learner updates of one iteration: ``(episodes, epochs)`` pairs. Without
+        ``minibatch_size``, one update of ``epochs`` passes over every episode; with it, each epoch
+        visits the episodes in a seeded order (``seed``, iteration) in minibatches of that many, one
+        gradient step each."""
+        size = train.get("minibatch_size")
+        if not size:
+            return [(episodes, int(train["epochs"]))]
+        rng = np.random.default_rng([int(train["seed"]), 3, int(self.iteration)])
+        out = []
+        for _ in range(int(train["epochs"])):
+            order = rng.permutation(len(episodes))
+            out += [([episodes[i] for i in order[lo:lo + size]], 1) for lo in range(0, len(order), size)]
+        return out
+
     def _setup_logdir(self):
         """Trainable makes a fresh ``~/ray_results/<time>`` folder for RLlib's logger, which nothing
         here writes to: use the config's ``run_logdir`` instead (the Ray session's scratch folder,
@@ -148,12 +165,18 @@ class GroupSamplingAlgorithm(Algorithm):
         episodes = [e for _, eps, _, _ in results for e in eps]
         self.metrics.aggregate([m for _, _, m, _ in results], key="env_runners")
         frames = sum(len(e) for e in episodes)
-        epochs = int(self.config.rl_module_spec.model_config["train"]["epochs"])  # = the modules' train_settings()
+        train = self.config.rl_module_spec.model_config["train"]  # = the modules' train_settings()
         t1 = time.perf_counter()
-        learner_results = self.learner_group.update(episodes=episodes, num_epochs=epochs, minibatch_size=None,
-                                                    timesteps={"num_env_steps_sampled_lifetime": frames})
+        if train["algorithm"] == "grpo":  # over the whole iteration's groups, before any split
+            for e, adv in zip(episodes, episode_advantages([episode_record(e) for e in episodes], train["advantage"])):
+                e.custom_data["advantage"] = adv
+        steps = 0
+        for part, epochs in self._updates(episodes, train):
+            learner_results = self.learner_group.update(episodes=part, num_epochs=epochs, minibatch_size=None,
+                                                        timesteps={"num_env_steps_sampled_lifetime": frames})
+            self.metrics.aggregate(learner_results, key="learners")
+            steps += epochs
         update_s = time.perf_counter() - t1
-        self.metrics.aggregate(learner_results, key="learners")
         t2 = time.perf_counter()
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
         sync_s = time.perf_counter() - t2
@@ -172,6 +195,7 @@ class GroupSamplingAlgorithm(Algorithm):
                           "reward_mean": {a: float(np.mean(v)) for a, v in by_axis.items()},
                           "score_mean": {a: float(np.mean(v)) for a, v in scores.items()},
                           "failed_episodes": sum(1 for e in episodes if e.custom_data.get("failed")),
+                          "gradient_steps": on_learners(self, lambda learner: learner.gradient_steps)[0],
                           "runners_restored": restored,
                           "groups": sorted({e.custom_data["group"] for e in episodes}),
                           "segments": sorted({e.custom_data["segment"] for e in episodes})}
@@ -194,12 +218,17 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
     if cfg.segments_per_iteration % n_runners:
         raise ValueError(f"segments_per_iteration={cfg.segments_per_iteration} must split evenly over "
                          f"{n_runners} env runners")
-    sampling = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners}
+    sampling = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners,
+                "iterations": int(cfg.iterations), "context": cfg.context.model_dump()}
     segments = segments if segments is not None else cfg.segments
     env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
-                  "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "sampling": sampling}
+                  "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "sampling": sampling,
+                  "lead_in_s": cfg.lead_in_silence_s}
     train = {k: getattr(cfg, k) for k in ("algorithm", "clip_eps", "kl_coef", "update_streams", "advantage", "epochs",
-                                          "gamma", "lam", "vf_coef")}
+                                          "gamma", "lam", "vf_coef", "kl", "normalization", "minibatch_size",
+                                          "lr", "seed")}
+    train["optimizer"] = cfg.optimizer.model_dump()
+    train["total_steps"] = cfg.iterations * cfg.gradient_steps_per_iteration
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]
     obs_space = spaces.MultiDiscrete([MIMI_CARDINALITY] * MIMI_CODEBOOKS)
     act_space = spaces.MultiDiscrete([TEXT_CARD] + [MIMI_CARDINALITY] * MIMI_CODEBOOKS)
@@ -213,12 +242,14 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
         .learners(num_learners=0, learner_class=learner_cls,
                   learner_connector=lambda obs, act: [connector_cls(), NumpyToTensor()],
                   add_default_connectors_to_learner_pipeline=False)
-        .training(lr=cfg.lr)
+        .training(lr=cfg.lr, grad_clip=cfg.optimizer.grad_clip, grad_clip_by="global_norm")
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
                                                action_space=act_space,
-                                               model_config={**SAMPLER_DEFAULTS, "model": cfg.model, "train": train}))
+                                               model_config={**SAMPLER_DEFAULTS, **cfg.sampling.model_dump(),
+                                                             "model": cfg.model, "train": train}))
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
                          delay_between_env_runner_restarts_s=1.0)
+        .reporting(log_gradients=True)  # the global gradient norm of each step (metrics: grad_norm)
         .debugging(seed=int(cfg.seed))
     )
     config.run_logdir = None if logdir is None else str(logdir)

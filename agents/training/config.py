@@ -10,11 +10,19 @@ A config (relative paths are read from the current working directory, as the oth
     segments_per_iteration: 2        # groups per iteration, split evenly over the env runners
     iterations: 3                    # training iterations (one learner update of `epochs` passes each)
     epochs: 1                        # passes over each iteration's batch (>= 1)
-    lr: 1.0e-4                       # Adam learning rate (> 0); write 1.0e-4, YAML reads 1e-4 as text
-    kl_coef: 0.05                    # weight of the k3 KL to the frozen reference (>= 0)
+    lr: 1.0e-4                       # (peak) learning rate (> 0); write 1.0e-4, YAML reads 1e-4 as text
+    kl_coef: 0.05                    # weight of the KL to the frozen reference (>= 0)
     clip_eps: 0.2                    # PPO-style ratio clip (0 < clip_eps < 1)
     update_streams: text             # text | audio | all: the token streams the loss covers
-    advantage: episode               # grpo: episode (one per rollout) | reward_to_go (per frame)
+    advantage: episode               # grpo: episode (one per rollout) | reward_to_go (per frame) | decoupled (GDPO)
+    kl: k3                           # k3 | k1 | exact (the full-distribution KL over the vocabulary)
+    normalization: token             # token (mean over the batch's tokens) | sequence (per completion, then over them)
+    minibatch_size: null             # null (one step per epoch) | episodes per optimizer step
+    optimizer:                       # name adam|adamw, betas, eps, weight_decay, grad_clip (global norm, null: none),
+      name: adam                     #   schedule constant|linear|cosine over the run's steps, warmup_steps, min_lr
+    context: {p: 0.0, max_s: 0.0, schedule: linear}  # prepend the preceding recording (the paper's curriculum)
+    lead_in_silence_s: 0.0           # seconds of user silence first (Moshi in the paper: 3.0)
+    sampling: {temp: 0.8, temp_text: 0.7, top_k: 250, top_k_text: 25}   # the rollouts' sampler
     gamma: 1.0                       # ppo: discount per 80 ms frame, in [0, 1]
     lam: 0.95                        # ppo: GAE lambda, in [0, 1]
     vf_coef: 0.5                     # ppo: weight of the value loss (>= 0)
@@ -22,6 +30,7 @@ A config (relative paths are read from the current working directory, as the oth
     axis_weights: null               # null (uniform over axes) or {axis: weight >= 0}: the axis mix
     segments: null                   # null (every segment of the axes) or a list of segment ids to train on
     rewards: null                    # null (the env's default spec, text reader) | a reward spec mapping or YAML path
+    tracking: {tensorboard: true}    # plus wandb: {...} and/or mlflow: {...}
     env_runners: 0                   # remote env runners (0: sample in the driver)
     seed: 0                          # seeds segment choice and sampling (>= 0)
     checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
@@ -33,8 +42,9 @@ never imports or starts Ray: the corpus is checked by reading its ``corpus.json`
 a checkpoint folder by :func:`~duplexgym.agents.policies.checkpoint.resolve_checkpoint` (no weights loaded),
 a reward spec by :func:`~duplexgym.rewards.spec.load_spec`.
 
-What training cannot do yet is refused, never ignored: a reward spec whose activity reader is ``vad`` (the env would
-decode every rollout's audio; use ``text``), fields of one algorithm set in the other's config
+A reward spec whose activity reader is ``vad`` (the seed paper's: silero on the decoded audio) makes
+every env decode each rollout's audio codes with the corpus's Mimi on the env runner's CPU and
+run silero over it before scoring it; the ``text`` reader reads the text stream and costs nothing. Fields of one algorithm set in the other's config are refused
 (``advantage`` for PPO; ``gamma``, ``lam``, ``vf_coef`` for GRPO).
 On a cluster (``ray_address``) ``corpus`` and ``out`` must be paths every node can read (a shared
 file system) and duplexgym must be installed on every node.
@@ -60,9 +70,70 @@ from duplexgym.config import STRICT, Integer, Number, choice, explain, located
 from duplexgym.constants import AXES, TINY_MODEL, UPDATE_STREAMS
 
 KNOWN_ALGORITHMS = ("grpo", "ppo")
-ADVANTAGES = ("episode", "reward_to_go")
+ADVANTAGES = ("episode", "reward_to_go", "decoupled")
+KL_ESTIMATORS = ("k3", "k1", "exact")  # = losses.KL_ESTIMATORS (not imported here: it imports torch)
+NORMALIZATIONS = ("token", "sequence")
 #: Fields only one algorithm reads: setting one in the other's config is an error.
 ALGORITHM_FIELDS = {"grpo": ("advantage",), "ppo": ("gamma", "lam", "vf_coef")}
+
+
+class OptimizerConfig(BaseModel):
+    """The learner's optimizer and learning-rate schedule (the rate itself is ``lr``)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    name: choice("adam", "adamw") = "adam"
+    """``adam`` (weight decay added to the gradient) or ``adamw`` (decoupled weight decay)."""
+    betas: tuple[Number, Number] = (0.9, 0.999)
+    """Adam's (beta1, beta2), each in [0, 1)."""
+    eps: Number = Field(1e-8, gt=0)
+    """Adam's epsilon."""
+    weight_decay: Number = Field(0.0, ge=0)
+    """Weight decay (AdamW's decoupled decay with ``name: adamw``)."""
+    grad_clip: Number | None = Field(None, gt=0)
+    """Clip the global gradient norm to this; null: no clipping."""
+    schedule: choice("constant", "linear", "cosine") = "constant"
+    """How ``lr`` changes over the run's gradient steps: kept, or decayed linearly or along a half
+    cosine to ``min_lr`` at the last step, after ``warmup_steps`` of linear warm-up from 0."""
+    warmup_steps: Integer = Field(0, ge=0)
+    """Gradient steps of linear warm-up from 0 to ``lr``."""
+    min_lr: Number = Field(0.0, ge=0)
+    """The learning rate at the last gradient step of a ``linear`` or ``cosine`` schedule."""
+
+    @model_validator(mode="after")
+    def _betas(self):
+        if not all(0 <= b < 1 for b in self.betas):
+            raise located("optimizer.betas", f"each beta must lie in [0, 1), got {list(self.betas)}")
+        return self
+
+
+class ContextConfig(BaseModel):
+    """Conversation before the segment, prepended to episodes (the seed paper's context curriculum)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    p: Number = Field(0.0, ge=0, le=1)
+    """Probability that an episode gets context."""
+    max_s: Number = Field(0.0, ge=0)
+    """The largest context (s) at the end of the schedule; each context's length is uniform in
+    [0, l_max]."""
+    schedule: choice("linear", "constant") = "linear"
+    """``linear``: l_max rises from 0 to ``max_s`` over the iterations; ``constant``: always ``max_s``."""
+
+
+class SamplingConfig(BaseModel):
+    """The streaming sampler's temperatures and top-k, per stream (Moshi's defaults; the paper's)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    temp: Number = Field(0.8, ge=0)
+    """Audio temperature (0: greedy)."""
+    temp_text: Number = Field(0.7, ge=0)
+    """Text temperature (0: greedy)."""
+    top_k: Integer = Field(250, ge=0)
+    """Audio top-k (0: the whole codebook)."""
+    top_k_text: Integer = Field(25, ge=0)
+    """Text top-k (0: the whole vocabulary)."""
 
 
 class TrainConfigError(ValueError):
@@ -108,8 +179,29 @@ class TrainConfig(BaseModel):
     """Token streams the policy loss covers: ``text`` (stream 0, the stable published recipe),
     ``audio`` (the 8 codebooks) or ``all``."""
     advantage: choice(*ADVANTAGES) = "episode"
-    """GRPO: ``episode`` (one group-normalised advantage per rollout, from its return) or
-    ``reward_to_go`` (per frame, from the rewards still to come: credit in time for dense shaping)."""
+    """GRPO: ``episode`` (one group-normalised advantage per rollout, from its return),
+    ``reward_to_go`` (per frame, from the rewards still to come: credit in time for dense shaping) or
+    ``decoupled`` (GDPO: each reward term standardised within the group on its own, then summed)."""
+    kl: choice(*KL_ESTIMATORS) = "k3"
+    """The KL to the reference: ``k3`` or ``k1`` estimators on the sampled tokens, or ``exact`` (the
+    full-distribution KL at each position, the seed paper's)."""
+    normalization: choice(*NORMALIZATIONS) = "token"
+    """How the loss averages tokens: ``token`` (over every valid token of the batch) or ``sequence``
+    (over each episode's tokens, then over the episodes: the seed paper's)."""
+    minibatch_size: Integer | None = Field(None, ge=1)
+    """Episodes per gradient step inside an iteration (the seed paper: 1, so G steps per group);
+    null: one step over the whole batch per epoch."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """The optimizer and learning-rate schedule (``name``, ``betas``, ``weight_decay``, ``grad_clip``,
+    ``schedule``, ``warmup_steps``, ``min_lr``)."""
+    context: ContextConfig = Field(default_factory=ContextConfig)
+    """Conversation before each segment prepended to episodes (``p``, ``max_s``, ``schedule``);
+    teacher-forced and left out of the loss and the rewards. Needs a corpus built with ``--context-s``."""
+    lead_in_silence_s: Number = Field(0.0, ge=0)
+    """Seconds of user silence before everything (Moshi: 3 s, so its opening falls before the user
+    speaks); the model speaks freely there, left out of the loss and the rewards."""
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    """The streaming sampler per stream (``temp``, ``temp_text``, ``top_k``, ``top_k_text``)."""
     gamma: Number = Field(1.0, ge=0, le=1)
     """PPO: discount per 80 ms frame, in [0, 1]."""
     lam: Number = Field(0.95, ge=0, le=1)
@@ -218,9 +310,6 @@ class TrainConfig(BaseModel):
             spec = parse(value) if isinstance(value, dict) else load_yaml(value, parse, RewardSpecError, "reward spec")
         except RewardSpecError as exc:
             raise located("rewards", str(exc)) from None
-        if spec.activity.reader != "text":
-            raise located("rewards", f"activity.reader: {spec.activity.reader!r} is not supported for training "
-                                     "(it decodes every rollout's audio); use reader: text")
         return spec.to_dict()
 
     @field_validator("tracking", mode="before")
@@ -291,12 +380,28 @@ class TrainConfig(BaseModel):
                 if other != self.algorithm and name in self.model_fields_set:
                     raise located(name, f"only used by algorithm {other}; this config trains {self.algorithm} "
                                         "(remove the field)")
+        if self.minibatch_size is not None and self.update_streams != "text":
+            raise located("minibatch_size", "minibatches need update_streams: text (the old log-probs of the audio "
+                                            "streams are recomputed per update, which would be the updated policy's)")
+        if self.context.p > 0 and self.context.max_s <= 0:
+            raise located("context.max_s", "must be > 0 when context.p > 0")
         if self.segments_per_iteration % max(1, self.env_runners):
             raise located("segments_per_iteration", f"{self.segments_per_iteration} must split evenly over "
                                                     f"{max(1, self.env_runners)} env runner(s) "
                                                     f"(env_runners: {self.env_runners})")
         _check_corpus(self)
         return self
+
+    @property
+    def episodes_per_iteration(self) -> int:
+        """Rollouts sampled per iteration: ``segments_per_iteration`` groups of ``group_size``."""
+        return self.segments_per_iteration * self.group_size
+
+    @property
+    def gradient_steps_per_iteration(self) -> int:
+        """Optimizer steps per iteration: ``epochs``, times the minibatches of an epoch."""
+        per_epoch = 1 if self.minibatch_size is None else -(-self.episodes_per_iteration // self.minibatch_size)
+        return self.epochs * per_epoch
 
     def to_dict(self) -> dict:
         """The resolved config as plain YAML-able values (written to ``out/config.yaml``); the fields
@@ -386,3 +491,8 @@ def _check_corpus(cfg: TrainConfig) -> None:
             raise located(f"segments[{i}]", f"no segment {sid!r} in {corpus.path}{hint}")
         if seg.axis not in cfg.axes:
             raise located(f"segments[{i}]", f"{sid!r} is a {seg.axis} segment, not of axes ({', '.join(cfg.axes)})")
+    if cfg.context.p > 0:
+        chosen = corpus.select(tuple(cfg.axes), cfg.segments)
+        if not any(s.context_s for s in chosen):
+            raise located("context.p", f"the corpus {path} stores no context before its segments; rebuild it with "
+                                       "`duplexgym corpus build ... --context-s 30` (or set context.p: 0)")

@@ -24,12 +24,13 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 
-def _episode_record(e: SingleAgentEpisode) -> dict:
+def episode_record(e: SingleAgentEpisode) -> dict:
+    """What :func:`~duplexgym.agents.training.batch.build_group_batch` reads of an RLlib episode."""
     return {"actions": e.get_actions(), "observations": e.get_observations(),
             "forced": e.get_extra_model_outputs(FORCED), "text_logp": e.get_extra_model_outputs(Columns.ACTION_LOGP),
             "reward": e.custom_data["reward"], "rewards": e.get_rewards(),
+            "components": e.custom_data.get("components"), "advantage": e.custom_data.get("advantage"),
             "failed": e.custom_data.get("failed") or [], "group": e.custom_data["group"]}
-
 
 
 class GroupBatchConnector(ConnectorV2):
@@ -49,7 +50,7 @@ class GroupBatchConnector(ConnectorV2):
             return batch
         module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
         settings = module.train_settings()
-        cols = build_group_batch([_episode_record(e) for e in eps], advantage=settings["advantage"])
+        cols = build_group_batch([episode_record(e) for e in eps], advantage=settings["advantage"])
         with torch.no_grad():
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
             old = self.policy_pass(module, t, cols)

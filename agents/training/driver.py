@@ -26,6 +26,8 @@ from duplexgym.runtime import ray_runtime_env
 LEARNER_METRICS = ("loss", "kl", "policy_loss", "value_loss", "clip_fraction", "ratio_mean", "approx_kl", "tokens",
                    "nonfinite_frames", "adv_abs_mean", "sampler_logp_gap", "value_mean",
                    "return_mean", "grad_norm", "lr")
+#: Where RLlib logs a metric under another name (the global gradient norm, before clipping).
+LEARNER_ALIASES = {"grad_norm": "gradients_default_optimizer_global_norm"}
 #: RLlib's id of the single module every algorithm here trains.
 MODULE_ID = "default_policy"
 
@@ -103,8 +105,11 @@ def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None
     out = []
     with RaySession(cfg.ray_address, ray_temp_dir) as session:
         algo = None
+        own_logdir = None
+        if session.scratch is None:  # Ray was running already, or a cluster: a folder of our own
+            own_logdir = Path(tempfile.mkdtemp(prefix="duplexgym-rllib-"))
         try:
-            algo = algorithm_config(cfg, segments, logdir=session.scratch).build_algo()
+            algo = algorithm_config(cfg, segments, logdir=session.scratch or own_logdir).build_algo()
             start = 0
             if resume is not None:
                 start = restore_training_checkpoint(algo, resume, trust_pickled=trust_pickled_checkpoint)
@@ -116,13 +121,15 @@ def train_policy(cfg, on_iteration=None, resume: str | os.PathLike | None = None
                 learner = result.get("learners", {}).get(MODULE_ID, {})
                 m = dict(algo.last_iteration)
                 m.update(iteration=i, wall_s=time.perf_counter() - t0,
-                         **{k: _num(learner.get(k)) for k in LEARNER_METRICS})
+                         **{k: _num(learner.get(k, learner.get(LEARNER_ALIASES.get(k, k)))) for k in LEARNER_METRICS})
                 out.append(m)
                 if on_iteration is not None:
                     on_iteration(algo, m)
         finally:
             if algo is not None:
                 algo.stop()
+            if own_logdir is not None:
+                shutil.rmtree(own_logdir, ignore_errors=True)
     return out
 
 

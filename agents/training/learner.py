@@ -12,18 +12,52 @@ from duplexgym.agents.training.batch import (
     SAMPLER_GAP,
 )
 from duplexgym.agents.training.losses import GrpoConfig, grpo_loss
+from duplexgym.agents.training.schedule import learning_rate
+import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 
 class GroupLearner(TorchLearner):
-    """What every learner here logs besides its loss terms: frames left out of the loss, failed
-    episodes, the mean advantage size and the sampler's log-prob gap."""
+    """What every learner here shares: the optimizer the config names (Adam or AdamW, over the
+    trainable parameters only), the learning rate of each gradient step from the schedule
+    (:func:`~duplexgym.agents.training.schedule.learning_rate`; ``gradient_steps`` counts the steps,
+    and is saved in checkpoints), and the metrics besides the loss terms: frames left out of the
+    loss, failed episodes, the mean advantage size, the sampler's log-prob gap, the learning rate."""
+
+    gradient_steps = 0
+
+    def configure_optimizers_for_module(self, module_id, config=None):
+        module = self._module[module_id]
+        opt = module.train_settings()["optimizer"]
+        params = [p for p in self.get_parameters(module) if p.requires_grad]  # not the frozen reference
+        cls = torch.optim.AdamW if opt["name"] == "adamw" else torch.optim.Adam
+        optimizer = cls(params, lr=float(config.lr), betas=tuple(opt["betas"]), eps=float(opt["eps"]),
+                        weight_decay=float(opt["weight_decay"]))
+        # no RLlib lr scheduler: apply_gradients sets each step's rate from the schedule
+        self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params, lr_or_lr_schedule=None)
+
+    def current_lr(self, module_id) -> float:
+        """The learning rate of the next gradient step."""
+        train = self.module[module_id].train_settings()
+        opt = train["optimizer"]
+        return learning_rate(self.gradient_steps, int(train["total_steps"]), float(train["lr"]), opt["schedule"],
+                             int(opt["warmup_steps"]), float(opt["min_lr"]))
+
+    def apply_gradients(self, gradients_dict) -> None:
+        for module_id in self.module.keys():
+            lr = self.current_lr(module_id)
+            for _, optimizer in self.get_optimizers_for_module(module_id):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+        super().apply_gradients(gradients_dict)
+        self.gradient_steps += 1
 
     def log_metrics(self, module_id, batch, loss, metrics: dict, loss_name: str) -> None:
         metrics["nonfinite_frames"] = batch[NONFINITE].sum()
         metrics["failed_episodes"] = batch[FAILED_EPISODES].sum()
         metrics["adv_abs_mean"] = batch[ADVANTAGES].abs().mean()
         metrics["sampler_logp_gap"] = batch[SAMPLER_GAP].max()
+        metrics["lr"] = self.current_lr(module_id)  # the iteration's row: the mean over its steps
         self.metrics.log_dict({loss_name: loss.item(), "loss": loss.item(), **{k: float(v) for k, v in metrics.items()}},
                               key=module_id, window=1)
 
@@ -35,8 +69,9 @@ class GrpoLearner(GroupLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
         train = self.module[module_id].train_settings()
         cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=train["clip_eps"],
-                         kl_coef=train["kl_coef"], update_streams=train["update_streams"])
+                         kl_coef=train["kl_coef"], kl_estimator=train["kl"], update_streams=train["update_streams"],
+                         normalization=train["normalization"])
         loss, metrics = grpo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[REF_LOGP], batch[ADVANTAGES],
-                                  batch[LOSS_MASK].bool(), cfg)
+                                  batch[LOSS_MASK].bool(), cfg, kl_exact=fwd_out.get("kl_exact"))
         self.log_metrics(module_id, batch, loss, metrics, "grpo_loss")
         return loss

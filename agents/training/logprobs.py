@@ -109,7 +109,7 @@ def sampled_logprob(logits: Tensor, tokens: Tensor, temp: float, top_k: int) -> 
 
 
 def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: float = 0.7,
-                   top_k_text: int = 25, temp: float = 0.8, top_k: int = 250) -> Tensor:
+                   top_k_text: int = 25, temp: float = 0.8, top_k: int = 250, full: bool = False):
     """float ``[B, 9, T]``: log-prob of each agent token (text, 8 codebooks) under the sampler's
     temperature and top-k, teacher-forced through ONE ``lm.forward`` pass (differentiable).
 
@@ -118,6 +118,10 @@ def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: floa
     ``[B, 8, T]`` as in :func:`build_teacher_codes`. Tokens outside the top-k set get ``-inf``;
     codebooks 1..7 of the last frame ``T - 1`` are NaN (not defined by ``T`` frames: see the
     module docstring and :func:`logprob_mask`).
+
+    ``full``: also return the whole distributions at the sampler's temperatures (no top-k), as
+    ``(logp, text [B, T, text_card], audio [B, 8, T, card])`` log-probabilities (0 where undefined):
+    what an exact KL needs.
     """
     codes = build_teacher_codes(agent_tokens, user_codes).to(lm.device)
     out = lm.forward(codes)
@@ -129,4 +133,11 @@ def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: floa
     audio = sampled_logprob(audio_logits, codes[:, 1:9], temp, top_k)  # [B, 8, T]
     logp = torch.cat([text[:, None], audio], dim=1)
     valid = torch.cat([out.text_mask, out.mask], dim=1)
-    return torch.where(valid, logp, torch.full_like(logp, float("nan")))
+    logp = torch.where(valid, logp, torch.full_like(logp, float("nan")))
+    if not full:
+        return logp
+    text_full = torch.log_softmax(text_logits.float() / max(temp_text, 1e-6), dim=-1)
+    audio_full = torch.log_softmax(audio_logits.float() / max(temp, 1e-6), dim=-1)
+    text_full = torch.where(out.text_mask[:, 0, :, None], text_full, torch.zeros_like(text_full))
+    audio_full = torch.where(out.mask[..., None], audio_full, torch.zeros_like(audio_full))
+    return logp, text_full, audio_full

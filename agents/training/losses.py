@@ -43,7 +43,13 @@ from torch import Tensor
 
 from duplexgym.constants import N_STREAMS, TEXT_STREAM, UPDATE_STREAMS
 
-KL_ESTIMATORS = ("k1", "k3")
+#: KL to the reference: the per-token estimators k1 / k3 on the sampled tokens, or ``exact``, the
+#: full-distribution KL at each position (the seed paper's; needs the whole distributions).
+KL_ESTIMATORS = ("k1", "k3", "exact")
+#: How token terms are averaged: ``token`` (over every valid token of the batch: DAPO, TRL) or
+#: ``sequence`` (over each episode's valid tokens, then over the episodes: the original GRPO and
+#: the seed paper).
+NORMALIZATIONS = ("token", "sequence")
 
 
 # --------------------------------------------------------------------------------- configs
@@ -61,7 +67,10 @@ class GrpoConfig:
         kl_coef: weight of the KL penalty to the frozen reference policy; 0 turns it off (the KL
             is still computed and logged).
         kl_estimator: ``"k3"`` (``exp(ref - new) - (ref - new) - 1``: unbiased, always >= 0, the
-            GRPO paper's choice) or ``"k1"`` (``new - ref``: unbiased, can be negative per token).
+            GRPO paper's choice), ``"k1"`` (``new - ref``: unbiased, can be negative per token) or
+            ``"exact"`` (``sum_v p_new(v) (log p_new(v) - log p_ref(v))`` at each position, from
+            the whole distributions: :func:`exact_kl`; the seed paper's).
+        normalization: ``"token"`` or ``"sequence"`` (:data:`NORMALIZATIONS`).
         update_streams: which of the 9 token streams the loss covers: ``"text"`` (stream 0 only,
             the published stable recipe), ``"audio"`` (streams 1..8) or ``"all"``.
         normalize_std: divide the group-centred rewards by the group's std (GRPO); False gives
@@ -76,6 +85,7 @@ class GrpoConfig:
     update_streams: str = "text"
     normalize_std: bool = True
     eps: float = 1e-6
+    normalization: str = "token"
 
     def __post_init__(self) -> None:
         if not isinstance(self.group_size, int) or self.group_size < 2:
@@ -90,6 +100,8 @@ class GrpoConfig:
         _check_streams("GrpoConfig", self.update_streams)
         if not self.eps > 0:
             raise ValueError(f"GrpoConfig.eps: expected > 0, got {self.eps!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"GrpoConfig.normalization: expected one of {NORMALIZATIONS}, got {self.normalization!r}")
 
 
 @dataclass(frozen=True)
@@ -324,16 +336,54 @@ def _zero_outside(mask: Tensor, *xs: Tensor) -> list[Tensor]:
     return [torch.where(mask, x.float(), torch.zeros((), dtype=torch.float32, device=x.device)) for x in xs]
 
 
-def _masked_mean(x: Tensor, mask: Tensor, n_tokens: Tensor) -> Tensor:
-    """Sum of ``x`` over ``mask`` divided by the token count (0 when nothing is valid)."""
-    return torch.where(mask, x, torch.zeros_like(x)).sum() / n_tokens.clamp(min=1)
+def _masked_mean(x: Tensor, mask: Tensor, n_tokens: Tensor | str = "token") -> Tensor:
+    """Mean of ``x`` over ``mask`` (0 when nothing is valid). ``n_tokens``: ``"token"`` (the sum over
+    the batch divided by the number of valid entries), ``"sequence"`` (each row's mean, then the mean
+    over the rows that have a valid entry), or a tensor count to divide the sum by."""
+    x = torch.where(mask, x, torch.zeros_like(x))
+    if isinstance(n_tokens, Tensor):
+        return x.sum() / n_tokens.clamp(min=1)
+    if n_tokens == "token":
+        return x.sum() / mask.sum().clamp(min=1)
+    rows = mask.reshape(mask.shape[0], -1).sum(dim=1)  # [B]
+    per_row = x.reshape(x.shape[0], -1).sum(dim=1) / rows.clamp(min=1)
+    has = rows > 0
+    return (per_row * has).sum() / has.sum().clamp(min=1)
+
+
+def exact_kl(logp_new_full: Tensor, logp_ref_full: Tensor) -> Tensor:
+    """``KL(p_new || p_ref)`` at each position from log-probabilities over the whole vocabulary
+    ``[..., V]``: ``sum_v exp(new_v) (new_v - ref_v)``, shape ``[...]``, >= 0 (differentiable in
+    ``logp_new_full``; the reference is detached)."""
+    return (logp_new_full.exp() * (logp_new_full - logp_ref_full.detach())).sum(dim=-1)
+
+
+def decoupled_advantages(components: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Tensor:
+    """Reward-decoupled group normalisation (GDPO, arXiv 2601.05242): each reward component is
+    standardised within its group on its own (:func:`group_advantages`), and the per-component
+    advantages are summed with equal weight.
+
+    Args:
+        components: ``[N, C]`` the value of each of ``C`` reward components of each rollout.
+        group_ids: ``[N]`` the group of each rollout.
+
+    Returns:
+        ``[N]``. A component that is the same over a group adds 0 to that group's advantages.
+    """
+    if components.dim() != 2 or components.shape[0] != group_ids.shape[0]:
+        raise ValueError(f"decoupled_advantages: expected components [N, C] and group_ids [N], got "
+                         f"{tuple(components.shape)} and {tuple(group_ids.shape)}")
+    out = torch.zeros(components.shape[0], dtype=components.dtype if components.is_floating_point() else torch.float32)
+    for c in range(components.shape[1]):
+        out = out + group_advantages(components[:, c], group_ids, eps=eps)
+    return out
 
 
 # --------------------------------------------------------------------------------- losses
 
 
 def _clipped_surrogate(
-    logp_new: Tensor, logp_old: Tensor, adv: Tensor, clip_eps: float, mask: Tensor, n: Tensor
+    logp_new: Tensor, logp_old: Tensor, adv: Tensor, clip_eps: float, mask: Tensor, n: Tensor | str
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's pessimistic clipped surrogate, negated to a loss, and the ratio diagnostics."""
     logratio = logp_new - logp_old
@@ -357,6 +407,7 @@ def grpo_loss(
     advantages: Tensor,
     loss_mask: Tensor,
     cfg: GrpoConfig,
+    kl_exact: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO loss: clipped surrogate plus ``kl_coef`` times the KL to the reference policy.
 
@@ -369,13 +420,15 @@ def grpo_loss(
             to every token; or ``[B, T]`` per frame (dense shaping terms added).
         loss_mask: ``[B, T]`` bool, False for padding and forced-prefix frames.
         cfg: the :class:`GrpoConfig`.
+        kl_exact: ``[B, 9, T]`` the exact KL at each stream and position (:func:`exact_kl`, with
+            grad through the policy), required with ``cfg.kl_estimator == "exact"``.
 
     Returns:
         ``(loss, metrics)``: the scalar loss to minimise, and detached scalars ``policy_loss``,
         ``kl`` (mean per token, before ``kl_coef``), ``clip_fraction`` (share of tokens with
         ``|ratio - 1| > clip_eps``), ``ratio_mean``, ``approx_kl`` (k3 estimate of KL(old || new),
         CleanRL's) and ``tokens`` (the number of tokens averaged over). Every mean is over the valid
-        tokens of the whole batch (token-level; see the module docstring for the alternative).
+        tokens, as ``cfg.normalization`` says (the whole batch's, or each episode's then the episodes').
     """
     if logp_old.shape != logp_new.shape or logp_ref.shape != logp_new.shape:
         raise ValueError(
@@ -395,27 +448,35 @@ def grpo_loss(
             f"grpo_loss: expected advantages [B] or [B, T] = {(B, T)}, got {tuple(advantages.shape)}"
         )
     logp_new, logp_old, logp_ref, adv = _zero_outside(mask, logp_new, logp_old, logp_ref, adv)
-    n_tokens = mask.sum()
+    norm = cfg.normalization
 
     # policy term: the clipped surrogate
-    policy_loss, metrics = _clipped_surrogate(
-        logp_new, logp_old.detach(), adv, cfg.clip_eps, mask, n_tokens
-    )
+    policy_loss, metrics = _clipped_surrogate(logp_new, logp_old.detach(), adv, cfg.clip_eps, mask, norm)
 
-    # KL term: to the frozen reference, per token
-    kl = _kl_tokens_mean(logp_new, logp_ref, mask, n_tokens, cfg.kl_estimator)
+    # KL term: to the frozen reference, per token (or exactly, per position)
+    if cfg.kl_estimator == "exact":
+        if kl_exact is None or kl_exact.shape != mask.shape:
+            raise ValueError(f"grpo_loss: kl_estimator 'exact' needs kl_exact {tuple(mask.shape)}, got "
+                             f"{None if kl_exact is None else tuple(kl_exact.shape)}")
+        (kl_tokens,) = _zero_outside(mask, kl_exact)
+        kl = _masked_mean(kl_tokens, mask, norm)
+    else:
+        kl = _kl_tokens_mean(logp_new, logp_ref, mask, norm, cfg.kl_estimator)
 
     loss = policy_loss + cfg.kl_coef * kl
-    metrics = {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **metrics, "tokens": n_tokens}
+    metrics = {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **metrics, "tokens": mask.sum()}
     return loss, metrics
 
 
-def _kl_tokens_mean(logp_new: Tensor, logp_ref: Tensor, mask: Tensor, n_tokens: Tensor, estimator: str) -> Tensor:
+def _kl_tokens_mean(logp_new: Tensor, logp_ref: Tensor, mask: Tensor, n_tokens: Tensor | str,
+                    estimator: str) -> Tensor:
     log_ref_over_new = logp_ref.detach() - logp_new
     if estimator == "k3":
         kl_tokens = log_ref_over_new.exp() - log_ref_over_new - 1
-    else:  # "k1"
+    elif estimator == "k1":
         kl_tokens = -log_ref_over_new
+    else:
+        raise ValueError(f"a per-token KL estimator is k1 or k3, got {estimator!r} (exact needs the distributions)")
     return _masked_mean(kl_tokens, mask, n_tokens)
 
 
@@ -429,6 +490,15 @@ def reference_kl(logp_new: Tensor, logp_ref: Tensor, loss_mask: Tensor, update_s
     mask = _token_mask(logp_new, loss_mask, update_streams)
     logp_new, logp_ref = _zero_outside(mask, logp_new, logp_ref)
     return _kl_tokens_mean(logp_new, logp_ref, mask, mask.sum(), estimator)
+
+
+def exact_reference_kl(kl_exact: Tensor, loss_mask: Tensor, update_streams: str = "text",
+                       normalization: str = "token") -> Tensor:
+    """Mean exact KL (``kl_exact`` ``[B, 9, T]``, from :func:`exact_kl`) over the positions of
+    ``update_streams`` in ``loss_mask`` ``[B, T]``."""
+    mask = _token_mask(kl_exact, loss_mask, update_streams)
+    (kl_tokens,) = _zero_outside(mask, kl_exact)
+    return _masked_mean(kl_tokens, mask, normalization)
 
 
 def ppo_loss(

@@ -16,6 +16,7 @@ import torch
 from duplexgym.agents.policies.checkpoint import load_policy_lm
 from duplexgym.agents.training.batch import AGENT_TOKENS, USER_CODES
 from duplexgym.agents.training.logprobs import token_logprobs
+from duplexgym.agents.training.losses import exact_kl
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
@@ -47,13 +48,23 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         update_streams, advantage, epochs, gamma, lam, vf_coef), as ``algorithm_config`` puts them."""
         return self.model_config["train"]
 
-    def logprobs(self, lm, batch) -> torch.Tensor:
+    def logprobs(self, lm, batch, full: bool = False):
         """Teacher-forced ``[B, 9, T]`` log-probs of the batch's agent tokens under ``lm``: the
-        sampler's temperatures, no top-k truncation (module docstring)."""
+        sampler's temperatures, no top-k truncation (module docstring). ``full``: also the whole
+        distributions (:func:`~duplexgym.agents.training.logprobs.token_logprobs`)."""
         lm.eval()  # dropout-free, as the streaming sampler
         s = self.sampler()
         return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
-                              top_k_text=0, temp=s["temp"], top_k=0)
+                              top_k_text=0, temp=s["temp"], top_k=0, full=full)
+
+    def exact_kl(self, batch, text_full: torch.Tensor, audio_full: torch.Tensor) -> torch.Tensor:
+        """``[B, 9, T]`` exact ``KL(policy || reference)`` at each stream and position: the policy's
+        whole distributions (with grad) against the frozen reference's (computed here, no grad)."""
+        with torch.no_grad():
+            _, ref_text, ref_audio = self.logprobs(self.ref_lm, batch, full=True)
+        text = exact_kl(text_full, ref_text)[:, None]  # [B, 1, T]
+        audio = exact_kl(audio_full, ref_audio)  # [B, 8, T]
+        return torch.cat([text, audio], dim=1)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """What a training checkpoint stores of this module: every tensor but the frozen reference
@@ -75,5 +86,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
                            "samples with a streaming MoshiAgent")
 
     def _forward_train(self, batch, **kwargs):
-        return {"logp": self.logprobs(self.lm, batch)}
+        if self.train_settings().get("kl") != "exact":
+            return {"logp": self.logprobs(self.lm, batch)}
+        logp, text_full, audio_full = self.logprobs(self.lm, batch, full=True)
+        return {"logp": logp, "kl_exact": self.exact_kl(batch, text_full, audio_full)}
 

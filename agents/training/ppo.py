@@ -35,7 +35,7 @@ from duplexgym.agents.training.batch import (
 )
 from duplexgym.agents.training.connector import GroupBatchConnector
 from duplexgym.agents.training.learner import GroupLearner
-from duplexgym.agents.training.losses import PpoConfig, gae, ppo_loss, reference_kl
+from duplexgym.agents.training.losses import PpoConfig, exact_reference_kl, gae, ppo_loss, reference_kl
 from duplexgym.agents.training.module import MoshiRLModule
 from torch import nn
 
@@ -56,22 +56,25 @@ class PpoRLModule(MoshiRLModule):
     def get_non_inference_attributes(self):
         return ["ref_lm", "value_head"]
 
-    def logprobs_and_values(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def logprobs_and_values(self, batch, full: bool = False):
         """``([B, 9, T]`` teacher-forced log-probs, ``[B, T]`` values): one LM pass, the hidden
-        state captured at ``lm.out_norm``."""
+        state captured at ``lm.out_norm``; ``full``: the whole distributions too (then a 4-tuple)."""
         captured = []
         handle = self.lm.out_norm.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
-            logp = self.logprobs(self.lm, batch)
+            out = self.logprobs(self.lm, batch, full=full)
         finally:
             handle.remove()
         (hidden,) = captured  # [B, T, d_model]: position f decides model frame f's text
         values = self.value_head(hidden.detach().float()).squeeze(-1)
-        return logp, values
+        return (out, values) if not full else (out[0], values, out[1], out[2])
 
     def _forward_train(self, batch, **kwargs):
-        logp, values = self.logprobs_and_values(batch)
-        return {"logp": logp, "values": values}
+        if self.train_settings().get("kl") != "exact":
+            logp, values = self.logprobs_and_values(batch)
+            return {"logp": logp, "values": values}
+        logp, values, text_full, audio_full = self.logprobs_and_values(batch, full=True)
+        return {"logp": logp, "values": values, "kl_exact": self.exact_kl(batch, text_full, audio_full)}
 
 
 class PpoConnector(GroupBatchConnector):
@@ -102,7 +105,10 @@ class PpoLearner(GroupLearner):
         mask = batch[LOSS_MASK].bool()
         loss, metrics = ppo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[ADVANTAGES], fwd_out["values"],
                                  batch[RETURNS], mask, cfg)
-        kl = reference_kl(fwd_out["logp"], batch[REF_LOGP], mask, cfg.update_streams)
+        if train.get("kl") == "exact":
+            kl = exact_reference_kl(fwd_out["kl_exact"], mask, cfg.update_streams)
+        else:
+            kl = reference_kl(fwd_out["logp"], batch[REF_LOGP], mask, cfg.update_streams, estimator=train.get("kl", "k3"))
         loss = loss + float(train["kl_coef"]) * kl
         metrics["kl"] = kl.detach()
         valid = mask.float()

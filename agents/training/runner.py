@@ -7,6 +7,8 @@ from duplexgym.agents.policies.base import row_infos
 from duplexgym.agents.policies.checkpoint import with_lm
 from duplexgym.agents.training.batch import FORCED
 from duplexgym.agents.training.logprobs import sampled_logprob
+from duplexgym.agents.training.schedule import context_limit_s, draw_context_s
+from duplexgym.rewards.spec import axis_term as spec_axis_term
 from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
@@ -24,7 +26,7 @@ def make_env(cfg: dict):
 
     return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
                            axis_weights=cfg.get("axis_weights"), rewards=cfg.get("rewards"),
-                           obs_mode="codes", action_mode="tokens")
+                           obs_mode="codes", action_mode="tokens", lead_in_s=float(cfg.get("lead_in_s") or 0.0))
 
 
 class GroupEnvRunner(SingleAgentEnvRunner):
@@ -67,11 +69,14 @@ class GroupEnvRunner(SingleAgentEnvRunner):
 
             self._agent.lm_gen.on_text_logits_hook = capture
             self._segment_rng = np.random.default_rng([sampling["seed"], 2, self.worker_index])
+            self._context_rng = np.random.default_rng([sampling["seed"], 4, self.worker_index])
             from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 
             env_config = self.config.env_config
             corpus = ReplayCorpus(env_config["corpus"])
             self._agent.check_codec(corpus.codec_id)  # the corpus codes must be the model's Mimi's
+            # records carry the agent's decoded words (the judges read them), as in evaluation
+            self.env.unwrapped.call("set_text_tokenizer", self._agent.text_tokenizer_path)
             self._sampler = SegmentSampler(corpus, tuple(env_config["axes"]), env_config.get("axis_weights"),
                                            env_config.get("segments"))
         return self._agent
@@ -82,12 +87,15 @@ class GroupEnvRunner(SingleAgentEnvRunner):
         agent = self._get_agent()
         return {"worker_index": int(self.worker_index), "groups_sampled": int(self._groups_sampled),
                 "segment_rng": self._segment_rng.bit_generator.state,
+                "context_rng": self._context_rng.bit_generator.state,
                 "episodes_started": int(agent.episodes_started)}
 
     def set_sampler_state(self, state: dict) -> None:
         agent = self._get_agent()
         self._groups_sampled = int(state["groups_sampled"])
         self._segment_rng.bit_generator.state = state["segment_rng"]
+        if "context_rng" in state:
+            self._context_rng.bit_generator.state = state["context_rng"]
         agent.episodes_started = int(state["episodes_started"])
 
     def get_state(self, components=None, *, not_components=None, **kwargs):
@@ -119,12 +127,24 @@ class GroupEnvRunner(SingleAgentEnvRunner):
         self._increase_sampled_metrics(steps, len(episodes))
         return episodes
 
+    def next_context_s(self) -> float:
+        """The next group's context length (s): the context curriculum of ``sampling["context"]``
+        (``p``, ``max_s``, ``schedule``), its limit set by the iteration this group belongs to."""
+        sampling = self._sampling()
+        ctx = sampling.get("context") or {}
+        if not ctx.get("p"):
+            return 0.0
+        iteration = self._groups_sampled // max(1, int(sampling["groups_per_runner"]))
+        limit = context_limit_s(iteration, int(sampling["iterations"]), float(ctx["max_s"]), ctx["schedule"])
+        return draw_context_s(self._context_rng, float(ctx["p"]), limit)
+
     def _sample_group(self, agent):
         G = self.num_envs
         segment = self.next_segment()
+        context_s = self.next_context_s()
         group_id = f"w{self.worker_index}-g{self._groups_sampled}"
         self._groups_sampled += 1
-        obs, infos = self._try_env_reset(options={"segment": segment})
+        obs, infos = self._try_env_reset(options={"segment": segment, "context_s": context_s})
         infos = list(infos) if isinstance(infos, (list, tuple)) else row_infos(infos, G)
         assert all(info["segment"] == segment for info in infos), "sub-envs must replay the group's segment"
         agent.reset_batch(infos)
@@ -134,9 +154,10 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                                    action_space=self.env.single_action_space)
             e.add_env_reset(observation=np.asarray(obs[r]), infos={k: v for k, v in infos[r].items() if k != "forced_prefix"})
             e.custom_data.update(group=group_id, segment=segment, axis=infos[r]["axis"],
-                                 forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]))
+                                 forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]),
+                                 prefix_frames=int(infos[r].get("prefix_frames", 0)),
+                                 context_frames=int(infos[r].get("context_frames", 0)))
             eps.append(e)
-        k = int(infos[0]["forced_frames"])
         t, done = 0, np.zeros(G, bool)
         while not done.all():
             previous = self._text_logp if t > 0 else None  # text of model frame t - 1 = env frame t
@@ -149,18 +170,24 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                     continue
                 ended = bool(terms[r] or truncs[r])
                 info = {key: v for key, v in step_infos[r].items() if key in ("frame", "forced", "reward_terms")}
+                # out of the loss: frames the env forced, and those before the segment (lead-in, context)
+                masked = bool(step_infos[r].get("forced")) or not bool(step_infos[r].get("in_segment", True))
                 eps[r].add_env_step(observation=np.asarray(obs[r]), action=actions[r], reward=float(rewards[r]),
                                     infos=info, terminated=bool(terms[r]), truncated=bool(truncs[r]),
-                                    extra_model_outputs={FORCED: np.bool_(t < k), Columns.ACTION_LOGP: np.float32(
+                                    extra_model_outputs={FORCED: np.bool_(masked), Columns.ACTION_LOGP: np.float32(
                                         previous[r] if previous is not None else 0.0)})
                 done[r] = ended
             t += 1
         for e in eps:
             e.custom_data["reward"] = float(e.get_return())
             terms = e.get_infos(-1).get("reward_terms") or {}
-            axis_term = (terms.get("terms") or {}).get(e.custom_data["axis"])
+            axis_term = spec_axis_term(terms.get("terms") or {}, e.custom_data["axis"])
             e.custom_data["score"] = None if axis_term is None else float(axis_term["value"])
             e.custom_data["failed"] = sorted(terms.get("failed") or {})
+            # each weighted term of the reward, and the dense shaping: the components of GDPO
+            e.custom_data["components"] = {**{name: float(t["weight"]) * float(t["value"])
+                                              for name, t in (terms.get("terms") or {}).items() if t["weight"]},
+                                           "dense": float(terms.get("dense") or 0.0)}
         return [e.to_numpy() for e in eps], t * G
 
     def stop(self):

@@ -17,7 +17,12 @@ rendered with offline TTS (:mod:`.tts`, two clearly different flite voices), and
       {"type": "backchannel", "speaker": "B", "holder": "A", "start_s": 9.0, "end_s": 9.4,
        "text": "yeah"},
       {"type": "interruption", "speaker": "B", "interrupted": "A", "onset_s": 12.0,
-       "stop_s": 12.8, "end_s": 14.9}]}
+       "stop_s": 12.8, "end_s": 14.9}],
+     "speech": {"A": [[0.5, 3.1], ...], "B": [...]}}
+
+  ``speech`` holds each speaker's exact speech spans (one per clip, trimmed; an interrupted clip
+  ends at its cut), from which other rule sets' events can be labelled (the seed paper's
+  utterance-level rules: :func:`duplexgym.corpora.synthetic.dense.label_spans`).
 
 What the labels guarantee (checked by :func:`check_truth` for every dialogue written):
 
@@ -66,7 +71,7 @@ from duplexgym.corpora.synthetic.tts import (
 from duplexgym.constants import SAMPLE_RATE
 
 #: Bump whenever the output for given (seed, params) changes; a stamp with another version re-renders.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 #: Stamp file written last into the output folder; its presence marks a complete render.
 STAMP_NAME = ".synthetic.json"
 #: Suffix of the ground-truth file beside each ``synNNNN.wav``.
@@ -288,7 +293,7 @@ def render_dialogue(seed: int, index: int, params: SyntheticParams) -> tuple[np.
         except _Redraw:
             continue
         duration_s = n_samples / SAMPLE_RATE
-        truth = {"dialogue": name, "duration_s": _t(n_samples), "events": events}
+        truth = {"dialogue": name, "duration_s": _t(n_samples), "events": events, "speech": speech_of(clips)}
         fits = params.duration_range_s[0] <= duration_s <= params.duration_range_s[1]
         if fits and not check_truth(truth, params):
             break
@@ -591,6 +596,13 @@ def _mix(track: np.ndarray, clip: _Clip, gain: float, p: SyntheticParams) -> Non
         cut = int(round(p.cut_fade_s * SAMPLE_RATE))
         audio[-cut:] *= 0.5 + 0.5 * np.cos(np.linspace(0.0, np.pi, cut, dtype=np.float32))
     track[clip.start : clip.end] += audio
+
+
+def speech_of(clips: list[_Clip]) -> dict[str, list[list[float]]]:
+    """Each speaker's exact speech: ``{"A": [[start_s, end_s], ...], "B": ...}``, one span per
+    clip (trimmed, cut where the speaker is interrupted), sorted."""
+    return {s: [[_t(c.start), _t(c.end)] for c in sorted(clips, key=lambda c: c.start) if c.speaker == s]
+            for s in SPEAKERS}
 
 
 def _words(clips: list[_Clip]) -> list[dict]:
