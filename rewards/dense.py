@@ -23,13 +23,23 @@ SPEAKING_RMS = 0.01
 
 def penalties(segment: Segment, spec: RewardSpec, forced_frames: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """float64 ``[F]`` pairs: the shaping reward of each frame if the agent speaks there, and if it
-    is silent there. All zeros when dense shaping is off or the axis has no term in the spec."""
+    is silent there. All zeros when dense shaping is off or the axis has no term in the spec.
+
+    The targets are those of the spec's term for the axis (``pause``; else another recipe's, such
+    as ``paper_pause``), with its params. A term that defines none (the seed paper's turn,
+    backchannel and interruption terms) is shaped with the axis term's targets at their defaults."""
     n = segment.n_frames
     if_speaking, if_silent = np.zeros(n), np.zeros(n)
-    term = spec.terms.get(segment.axis)
-    if spec.dense_weight == 0.0 or term is None:
+    if spec.dense_weight == 0.0:
         return if_speaking, if_silent
-    want, care = TERMS[segment.axis].dense_targets(segment, term.params)
+    name = segment.axis if segment.axis in spec.terms else next(
+        (k for k in spec.terms if k in TERMS and TERMS[k].axis == segment.axis), None)
+    if name is None:
+        return if_speaking, if_silent
+    if TERMS[name].dense_targets is not None:
+        want, care = TERMS[name].dense_targets(segment, spec.terms[name].params)
+    else:
+        want, care = TERMS[segment.axis].dense_targets(segment, TERMS[segment.axis].params())
     care = care.copy()
     care[:forced_frames] = False
     if care.any():

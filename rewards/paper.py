@@ -93,6 +93,16 @@ class PaperInterruptionParams:
     merge_gap_s: Number = Field(0.0, ge=0)
 
 
+def pause_dense_targets(segment: Segment, p: PaperPauseParams = PaperPauseParams()):
+    """(desired speaking, cared-for) bool masks ``[F]`` for optional dense shaping (not the paper's:
+    it defines none): silent in every frame, since any interval over ``max_interval_s`` anywhere in
+    the segment costs the whole reward."""
+    import numpy as np
+
+    n = segment.n_frames
+    return np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
+
+
 def score_pause(speech: AgentSpeech, segment: Segment, p: PaperPauseParams = PaperPauseParams()) -> RewardTerm:
     longest = max((b - a for a, b in intervals(speech, p.merge_gap_s)), default=0.0)
     value = -1.0 if longest > p.max_interval_s else 0.0

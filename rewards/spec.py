@@ -63,7 +63,7 @@ TERMS: dict[str, TermKind] = {
                              "interruption"),
     "quality": TermKind(quality.score, quality.QualityParams, None, None, uses_record=True),
     # the seed paper's rewards, as it defines them (rewards/paper.py, rewards/paper_judge.py)
-    "paper_pause": TermKind(paper.score_pause, paper.PaperPauseParams, None, "pause"),
+    "paper_pause": TermKind(paper.score_pause, paper.PaperPauseParams, paper.pause_dense_targets, "pause"),
     "paper_turn": TermKind(paper.score_turn, paper.PaperTurnParams, None, "turn"),
     "paper_backchannel": TermKind(paper.score_backchannel, paper.PaperBackchannelParams, None, "backchannel"),
     "paper_interruption": TermKind(paper.score_interruption, paper.PaperInterruptionParams, None, "interruption"),

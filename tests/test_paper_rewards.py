@@ -231,3 +231,25 @@ def test_embedding_backend_offline():
     bad = paper_judge.score(turn_episode("the vegetarian options are the mushroom risotto and lentil curry"))
     assert good.metrics["backend"] == "embedding" and 0.0 <= bad.value < good.value <= 1.0
     assert good.metrics["rating_0_2"] == pytest.approx(2 * good.value)
+
+
+# --- dense shaping with the paper's terms --------------------------------------------------------
+
+def test_dense_shaping_of_the_paper_terms():
+    from duplexgym.rewards.dense import penalties
+
+    def shaping(axis_seg, terms):
+        return penalties(axis_seg, spec_from_dict({"dense": {"weight": 1.0}, "terms": terms}))
+
+    # paper_pause: silent everywhere (any interval over 1 s anywhere costs the reward): each frame -1/F
+    s = seg("pause", 3.0, pause_end_s=4.5, turn_end_s=6.0)
+    if_speaking, if_silent = shaping(s, {"paper_pause": {"weight": 1.0}})
+    assert np.allclose(if_speaking, -1.0 / N) and not if_silent.any()
+    # a paper term without targets of its own: the axis term's at their defaults
+    t = seg("turn", 4.0)
+    ours, theirs = shaping(t, {"turn": {"weight": 1.0}}), shaping(t, {"paper_turn": {"weight": 1.0}})
+    assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1]) and ours[1].sum() < 0
+    # no term of the axis (the judge scores turn and interruption only): no shaping; shaping off: none
+    assert not any(a.any() for a in shaping(s, {"paper_judge": {"weight": 1.0}}))
+    off = penalties(s, spec_from_dict({"terms": {"paper_pause": {"weight": 1.0}}}))
+    assert not any(a.any() for a in off)
