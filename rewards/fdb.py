@@ -354,11 +354,12 @@ def refine_first_onset(chunks: Sequence[tuple], onsets: Sequence[float]) -> tupl
     (``start <= onset < end``), when there is one; unchanged otherwise.
 
     Why: faster-whisper (base, int8, its VAD filter on) starts the first word of a reply early.
-    On the synthetic corpus' turn segments (the human reference's answers, exact onset labels) its
-    start was a median MEDIAN_RAW s from the true onset (p10 P10_RAW, p90 P90_RAW, n = N_ONSETS);
-    snapped to silero's onset (the VAD span start, 30 ms padding included): median MEDIAN_REF
-    (p10 P10_REF, p90 P90_REF). ``benchmarks/asr_onset.py`` measures it. Word-based latencies
-    therefore come out short by about that much; the benchmark's own number is the unrefined one.
+    On the default synthetic corpus' 114 turn segments (the human reference's answers, exact onset
+    labels) its start was a median -0.380 s from the true onset (p10 -0.403, p90 -0.261; -0.441
+    without its VAD filter); snapped to silero's onset (the VAD span start, 30 ms padding
+    included): median -0.016 s (p10 -0.032, p90 -0.001). ``benchmarks/asr_onset.py`` measures it
+    (``benchmarks/results/asr_onset.json``). Word-based latencies therefore come out short by about
+    that much; the benchmark's own number is the unrefined one.
     """
     chunks = tuple(chunks)
     if not chunks:
