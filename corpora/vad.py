@@ -86,7 +86,8 @@ SCORING_BLOCKING = Blocking(block_chunks=32, warmup_chunks=16, batch_rows=None)
 _MODEL = None
 
 
-def _model():
+def silero_model():
+    """The process's one silero VAD model (loaded on first use)."""
     global _MODEL
     if _MODEL is None:
         import silero_vad  # sets torch to one thread for the process (FACTS.md)
@@ -183,7 +184,7 @@ def _batched_probabilities(tracks_16k: list[np.ndarray], blocking: Blocking = BU
     allrows = np.concatenate(rows)
     batch_rows = blocking.batch_rows or len(allrows)
     out = np.empty((len(allrows), blocking.block_chunks), dtype=np.float32)
-    model = _model()
+    model = silero_model()
     with torch.inference_mode():
         for lo in range(0, len(allrows), batch_rows):
             batch = np.zeros((batch_rows, allrows.shape[1]), dtype=np.float32)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -70,6 +71,17 @@ Integer = Annotated[int, BeforeValidator(_integer)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 #: A string, nothing else.
 Text = Annotated[str, BeforeValidator(_text)]
+
+
+def _http_url(value: Any) -> Any:
+    value = _text(value)
+    if not re.match(r"https?://", value):
+        raise PydanticCustomError("url_scheme", "must start with http:// or https://, got {value}", {"value": repr(value)})
+    return value
+
+
+#: A server address: a string starting with ``http://`` or ``https://``.
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
 
 
 def choice(*values: str):
@@ -230,6 +242,20 @@ def validate(cls, raw: Any, error: type[Exception], what: str):
         return cls.model_validate(raw) if hasattr(cls, "model_validate") else cls(**raw)
     except ValidationError as exc:
         raise error(explain(exc, cls)) from None
+
+
+def validate_section(cls, raw: Any, error: type[Exception], where: str, not_mapping: str):
+    """``cls`` validated from the mapping ``raw``, a section of a larger configuration named
+    ``where`` (``user_params``): ``error(not_mapping)`` when ``raw`` is no mapping, else ``error``
+    with :func:`explain`'s lines, each field prefixed with ``where``."""
+    if not isinstance(raw, dict):
+        raise error(not_mapping)
+    try:
+        return cls.model_validate(raw) if hasattr(cls, "model_validate") else cls(**raw)
+    except ValidationError as exc:
+        raise error(explain(exc, cls, where=where)) from None
+    except TypeError as exc:  # a pydantic dataclass called with an unknown keyword
+        raise error(f"{where}: {exc}") from None
 
 
 def load_yaml(path: str | Path, parse: Callable[[Any], Any], error: type[Exception], what: str):

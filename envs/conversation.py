@@ -574,18 +574,10 @@ class _Judge:
 
 
 def _load_scoring(raw) -> LiveScoring:
-    from pydantic import ValidationError
-
-    from duplexgym.config import explain
+    from duplexgym.config import validate_section
 
     if raw is None:
         return LiveScoring()
-    if not isinstance(raw, dict):
-        raise ValueError(f"scoring must be a mapping of LiveScoring fields, got {type(raw).__name__}")
-    try:
-        return LiveScoring(**raw)
-    except ValidationError as exc:
-        raise ValueError(explain(exc, LiveScoring, where="scoring")) from None
-    except TypeError as exc:
-        raise ValueError(f"scoring: {exc}") from None
+    return validate_section(LiveScoring, raw, ValueError, "scoring",
+                            f"scoring must be a mapping of LiveScoring fields, got {type(raw).__name__}")
 

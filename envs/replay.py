@@ -61,13 +61,16 @@ class ForcedPrefix:
         return np.ones(self.frames, dtype=bool) if self.mask is None else np.asarray(self.mask, dtype=bool)
 
 
-def _seconds_option(options: dict, key: str, default: float) -> float:
-    value = options.get(key, default)
-    if value is None:
-        return default
+def _seconds(name: str, value) -> float:
+    """``value`` as seconds in [0, 3600); ValueError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
-        raise ValueError(f"reset options: {key} must be a number of seconds >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _seconds_option(options: dict, key: str, default: float) -> float:
+    value = options.get(key)
+    return default if value is None else _seconds(f"reset options: {key}", value)
 
 
 class ResetNeeded(RuntimeError):
@@ -217,9 +220,7 @@ class DuplexReplayEnv(gym.Env):
         if action_mode == "tokens" and self.reward_spec.activity.reader == "vad" and not self.codec:
             raise ValueError("a vad reward reader in tokens mode needs a codec to decode the agent's tokens; pass codec=")
         self.env_id = env_id
-        if not isinstance(lead_in_s, (int, float)) or isinstance(lead_in_s, bool) or not 0 <= lead_in_s < 3600:
-            raise ValueError(f"lead_in_s must be a number of seconds >= 0, got {lead_in_s!r}")
-        self.lead_in_s = float(lead_in_s)
+        self.lead_in_s = _seconds("lead_in_s", lead_in_s)
         self.record_dir = None if record_dir is None else Path(record_dir)
         self.text_tokenizer = None
         if text_tokenizer is not None:

@@ -134,22 +134,14 @@ class UserParams:
 def load_user_params(raw) -> UserParams:
     """:class:`UserParams` from a dict, itself or None (defaults); ``ValueError`` naming each bad
     field (``user_params.yield_p: must be <= 1, got 1.5``)."""
-    from pydantic import ValidationError
-
-    from duplexgym.config import explain
+    from duplexgym.config import validate_section
 
     if raw is None:
         return UserParams()
     if isinstance(raw, UserParams):
         return raw
-    if not isinstance(raw, dict):
-        raise ValueError(f"user_params must be a mapping of UserParams fields, got {type(raw).__name__}")
-    try:
-        return UserParams(**raw)
-    except ValidationError as exc:
-        raise ValueError(explain(exc, UserParams, where="user_params")) from None
-    except TypeError as exc:
-        raise ValueError(f"user_params: {exc}") from None
+    return validate_section(UserParams, raw, ValueError, "user_params",
+                            f"user_params must be a mapping of UserParams fields, got {type(raw).__name__}")
 
 
 def _frames(s: float) -> int:

@@ -56,7 +56,7 @@ import numpy as np
 from duplexgym.corpora.manifest import Segment
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from duplexgym.config import STRICT, Flag, Integer, Number, Text, choice, explain
+from duplexgym.config import STRICT, Flag, HttpUrl, Integer, Number, Text, choice, explain, validate_section
 from duplexgym.constants import FRAME_SAMPLES, SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -572,7 +572,7 @@ class LlmParams(BaseModel):
     """
 
     model_config = STRICT
-    base_url: Annotated[Text, Field(min_length=1)]
+    base_url: HttpUrl
     model: Annotated[Text, Field(min_length=1)]
     api_key_env: Annotated[Text, Field(min_length=1)] = "DUPLEXGYM_USER_API_KEY"
     timeout_s: Number = Field(30.0, gt=0)
@@ -582,25 +582,14 @@ class LlmParams(BaseModel):
     cache_dir: Annotated[Text, Field(min_length=1)] | None = None
     use_cache: Flag = True
 
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value):
-        if not re.match(r"https?://", value):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value
-
 
 def load_llm_params(raw) -> LlmParams:
     """:class:`LlmParams` from a dict (or itself); :class:`UserSourceError` naming the field."""
     if isinstance(raw, LlmParams):
         return raw
-    if not isinstance(raw, dict):
-        raise UserSourceError("the llm user source needs llm={'base_url': 'http://HOST:PORT/v1', 'model': NAME}; "
-                              f"got {raw!r}")
-    try:
-        return LlmParams.model_validate(raw)
-    except ValidationError as exc:
-        raise UserSourceError(explain(exc, LlmParams, where="llm")) from None
+    return validate_section(LlmParams, raw, UserSourceError, "llm",
+                            "the llm user source needs llm={'base_url': 'http://HOST:PORT/v1', 'model': NAME}; "
+                            f"got {raw!r}")
 
 
 SYSTEM_PROMPT = """\

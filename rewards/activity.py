@@ -143,13 +143,6 @@ def pcm16_float(pcm: np.ndarray) -> np.ndarray:
     return np.asarray(pcm, dtype=np.int16).astype(np.float32) / np.float32(32768.0)
 
 
-@functools.lru_cache(maxsize=1)
-def _fdb_vad_model():
-    import silero_vad  # sets torch to one thread for the process (FACTS.md)
-
-    return silero_vad.load_silero_vad()
-
-
 def fdb_vad_segments(pcm: np.ndarray) -> tuple[tuple[float, float], ...]:
     """Full-Duplex-Bench's backchannel VAD on 16 kHz PCM_16 samples: silero's own
     ``get_speech_timestamps`` with its defaults and ``return_seconds=True`` (times rounded to
@@ -157,11 +150,13 @@ def fdb_vad_segments(pcm: np.ndarray) -> tuple[tuple[float, float], ...]:
     import torch
     from silero_vad import get_speech_timestamps
 
+    from duplexgym.corpora.vad import silero_model
+
     audio = pcm16_float(pcm)
     if audio.size == 0:
         return ()
     with torch.inference_mode():
-        stamps = get_speech_timestamps(torch.from_numpy(audio), _fdb_vad_model(), return_seconds=True)
+        stamps = get_speech_timestamps(torch.from_numpy(audio), silero_model(), return_seconds=True)
     return tuple((float(s["start"]), float(s["end"])) for s in stamps)
 
 

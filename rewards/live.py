@@ -63,6 +63,7 @@ from duplexgym.rewards.fdb import (
     backchannel_segments,
 )
 from duplexgym.rewards.record import EpisodeRecord
+from duplexgym.rewards.scoring import plain_metrics
 from duplexgym.rewards.spec import TERMS, RewardSpec
 from duplexgym.rewards.terms import first_takeover_onset, utterances
 from pydantic import Field
@@ -353,7 +354,7 @@ def score_live(record: EpisodeRecord, spec: RewardSpec, scoring: LiveScoring = L
         values.setdefault(ev.axis, []).append(value)
         result["events"].append({"axis": ev.axis, "utterance": ev.utterance, "frame": ev.close_frame,
                                  "window_s": [round(ev.lo_s, 4), round(ev.hi_s, 4)], "value": value,
-                                 "metrics": _plain(scored.metrics)})
+                                 "metrics": plain_metrics(scored.metrics)})
     for axis, vals in values.items():
         weight = spec.terms[axis].weight
         total = float(sum(vals)) if scoring.reduce == "sum" else float(np.mean(vals))
@@ -372,21 +373,12 @@ def score_live(record: EpisodeRecord, spec: RewardSpec, scoring: LiveScoring = L
         try:
             rated = judge(record, speech)
             entry = {"value": float(rated["value"]), "weight": float(judge.weight), "events": 1,
-                     "metrics": _plain(rated["metrics"])}
+                     "metrics": plain_metrics(rated["metrics"])}
             result["terms"]["judge"] = entry
             result["reward"] += entry["weight"] * entry["value"]
         except Exception as exc:  # noqa: BLE001 - a judge that fails is reported, never scored
             result["failed"]["judge"] = f"{type(exc).__name__}: {exc}"
     return result
-
-
-def _plain(metrics: dict) -> dict:
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out
 
 
 # --- dense shaping ---------------------------------------------------------------------------------

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Annotated
 
 from duplexgym.rewards.quality import JudgeError
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field
 
-from duplexgym.config import STRICT, Flag, Integer, Number, Text, explain
+from duplexgym.config import STRICT, Flag, HttpUrl, Integer, Number, Text, validate_section
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class LiveJudgeParams(BaseModel):
     ``cache_dir`` (None: ``~/.cache/duplexgym/live_judge``), ``use_cache``."""
 
     model_config = STRICT
-    base_url: Annotated[Text, Field(min_length=1)]
+    base_url: HttpUrl
     model: Annotated[Text, Field(min_length=1)]
     api_key_env: Annotated[Text, Field(min_length=1)] = "DUPLEXGYM_JUDGE_API_KEY"
     timeout_s: Number = Field(60.0, gt=0)
@@ -60,24 +60,13 @@ class LiveJudgeParams(BaseModel):
     cache_dir: Annotated[Text, Field(min_length=1)] | None = None
     use_cache: Flag = True
 
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value):
-        if not re.match(r"https?://", value):
-            raise ValueError(f"must start with http:// or https://, got {value!r}")
-        return value
-
 
 def load_judge_params(raw) -> LiveJudgeParams | None:
     """Params from a dict (or themselves, or None); ``ValueError`` naming the field (``judge.model``)."""
     if raw is None or isinstance(raw, LiveJudgeParams):
         return raw
-    if not isinstance(raw, dict):
-        raise ValueError(f"judge must be a mapping with base_url and model, got {type(raw).__name__}")
-    try:
-        return LiveJudgeParams.model_validate(raw)
-    except ValidationError as exc:
-        raise ValueError(explain(exc, LiveJudgeParams, where="judge")) from None
+    return validate_section(LiveJudgeParams, raw, ValueError, "judge",
+                            f"judge must be a mapping with base_url and model, got {type(raw).__name__}")
 
 
 # --- the chat call -------------------------------------------------------------------------------

@@ -62,12 +62,13 @@ def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 
         except Exception as exc:  # noqa: BLE001 - reported, never silently scored
             result["failed"][name] = f"{type(exc).__name__}: {exc}"
             continue
-        result["terms"][name] = {"value": value, "weight": term_spec.weight, "metrics": _plain(term.metrics)}
+        result["terms"][name] = {"value": value, "weight": term_spec.weight, "metrics": plain_metrics(term.metrics)}
         result["reward"] += term_spec.weight * value
     return result
 
 
-def _plain(metrics: dict) -> dict:
+def plain_metrics(metrics: dict) -> dict:
+    """``metrics`` with NumPy scalars turned into Python numbers (JSON-ready)."""
     out = {}
     for key, value in metrics.items():
         if isinstance(value, np.generic):

@@ -92,3 +92,18 @@ def test_a_rerun_never_truncates_and_an_interrupt_names_the_resume_command(small
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_0001"]
     assert (out / "mine.txt").read_text() == "keep"  # overwrite removes the run's outputs only
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob(f"duplexgym-ray-{proc.pid}"))
+
+
+def test_a_planted_format_key_cannot_ask_for_unpickling(tmp_path):
+    """Whether a checkpoint is in RLlib's pickled format is decided from the folder, never from a key
+    in its JSON: a duplexgym checkpoint whose checkpoint.json says ``rllib_format: true`` is still
+    read as safetensors (restore then never reaches RLlib's unpickling restore)."""
+    from duplexgym.agents.training import checkpoints as ck
+
+    folder = tmp_path / "iter_0001"
+    folder.mkdir()
+    (folder / ck.META_NAME).write_text(json.dumps({"format": ck.FORMAT, "version": ck.FORMAT_VERSION,
+                                                   "iterations_done": 1, "runners": [], "rllib_format": True}))
+    for name in (ck.MODULE_WEIGHTS_NAME, ck.OPTIMIZER_STATE_NAME):
+        (folder / name).write_bytes(b"")
+    assert ck.read_checkpoint_meta(folder)["rllib_format"] is False

@@ -94,6 +94,7 @@ def read_checkpoint_meta(path: str | Path, trust_pickled: bool = False) -> dict:
         for name in (MODULE_WEIGHTS_NAME, OPTIMIZER_STATE_NAME):
             if not (path / name).is_file():
                 raise CheckpointFormatError(f"resume: {path}: {name} is missing (an incomplete checkpoint)")
+        meta["rllib_format"] = False  # decided here, never by the file: a planted key cannot ask for unpickling
     elif is_rllib_checkpoint(path):
         if not trust_pickled:
             raise CheckpointFormatError(
@@ -281,8 +282,10 @@ def restore_training_checkpoint(algo, path: str | os.PathLike, trust_pickled: bo
     if len(states) != n_sampling:
         raise CheckpointFormatError(f"resume: the checkpoint has {len(states)} env runner state(s); this run samples "
                                     f"on {n_sampling}; resume with the same env_runners")
-    if meta.get("rllib_format"):
-        algo.restore_from_path(str(path))  # trusted by the caller: unpickles
+    if meta["rllib_format"]:
+        if not trust_pickled:  # read_checkpoint_meta refused already; kept next to the call that unpickles
+            raise CheckpointFormatError(f"resume: {path}: RLlib's format needs --trust-pickled-checkpoint")
+        algo.restore_from_path(str(path))  # trusted by the caller (--trust-pickled-checkpoint): unpickles
     else:
         from safetensors.torch import load_file
 
