@@ -143,7 +143,7 @@ def rescore(records_dir: str | Path, spec_source) -> tuple[dict, list[dict]]:
     paths = [p for p in paths if p.with_suffix(".npz").is_file()]
     if not paths:
         raise FileNotFoundError(f"{records_dir}: no episode records (.json + .npz) found")
-    live = sum(1 for p in paths if EpisodeRecord.load(p).live is not None)
+    live = sum(1 for p in paths if _is_live_meta(p))  # the small .json only: each record is loaded once below
     if live:  # live dialogues (Conversation-v0) are scored per event of the dialogue
         if live < len(paths):
             raise ValueError(f"{records_dir}: holds {live} live dialogue records and {len(paths) - live} replay "
@@ -171,6 +171,14 @@ def rescore(records_dir: str | Path, spec_source) -> tuple[dict, list[dict]]:
     elif not reader_given:
         summary["notes"].append("activity reader: the records' own (the spec names none)")
     return summary, results
+
+
+def _is_live_meta(path: Path) -> bool:
+    """Whether a record's metadata holds a live schedule (read without loading its arrays)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("live") is not None
+    except (OSError, ValueError, AttributeError):
+        return False  # EpisodeRecord.load reports the problem with the file
 
 
 def _raw_spec(source):
