@@ -61,7 +61,7 @@ def score(speech: AgentSpeech, segment: Segment, p: BackchannelParams = Backchan
     responses = backchannel_segments(speech)
     took_over = any(kind == "takeover" for _, _, kind in responses)
     agent_bc = [a for a, _, kind in responses if kind == "backchannel"]
-    matched = _match(agent_bc, human, p.match_s)
+    matched = match_onsets(agent_bc, human, p.match_s)
     precision = matched / len(responses) if responses else 0.0
     recall = matched / len(human) if human else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -73,7 +73,7 @@ def score(speech: AgentSpeech, segment: Segment, p: BackchannelParams = Backchan
                               "n_human": len(human)})
 
 
-def _match(agent: list[float], human: list[float], match_s: float) -> int:
+def match_onsets(agent: list[float], human: list[float], match_s: float) -> int:
     """One-to-one matches between onsets no more than ``match_s`` apart (greedy, closest first)."""
     pairs = sorted((abs(a - h), i, j) for i, a in enumerate(agent) for j, h in enumerate(human)
                    if abs(a - h) <= match_s + 1e-9)

@@ -39,6 +39,7 @@ from pydantic.dataclasses import dataclass
 from duplexgym.config import STRICT, Number
 from duplexgym.constants import FRAME_S
 from duplexgym.corpora.manifest import Segment
+from duplexgym.rewards.backchannel import match_onsets
 from duplexgym.rewards.fdb import (
     AgentSpeech,
     backchannel_metrics,
@@ -122,14 +123,7 @@ def score_turn(speech: AgentSpeech, segment: Segment, p: PaperTurnParams = Paper
 def _f1(predicted: list[float], takeovers: int, truth: list[float], match_s: float) -> tuple[float, dict]:
     if not predicted and not takeovers and not truth:
         return 1.0, {"tp": 0, "fp": 0, "fn": 0}
-    pairs = sorted((abs(a - h), i, j) for i, a in enumerate(predicted) for j, h in enumerate(truth)
-                   if abs(a - h) <= match_s + 1e-9)
-    used_p, used_t = set(), set()
-    for _, i, j in pairs:
-        if i not in used_p and j not in used_t:
-            used_p.add(i)
-            used_t.add(j)
-    tp = len(used_p)
+    tp = match_onsets(predicted, truth, match_s)
     fp = len(predicted) - tp + takeovers
     fn = len(truth) - tp
     precision = tp / (tp + fp) if tp + fp else 0.0
