@@ -79,9 +79,11 @@ class Blocking:
 
 #: Corpus building: long blocks, a fixed batch shared by many tracks (cacheable).
 BUILD_BLOCKING = Blocking()
-#: Scoring one short episode: 1 s blocks with 0.5 s warm-up, one batch per call. Against silero's
-#: sequential get_speech_timestamps on 100 segment tracks: 95th percentile boundary difference 0.03 s.
-SCORING_BLOCKING = Blocking(block_chunks=32, warmup_chunks=16, batch_rows=None)
+#: Scoring one short episode: 0.5 s blocks with 0.5 s warm-up, one batch per call (a call costs about one
+#: model step per chunk of a row, so short rows are fast). Against silero's sequential probabilities on
+#: 200 segment tracks of the default corpus: boundary difference p95 0.032 s, p99 0.096 s, 3 tracks with
+#: a different span count (1 s blocks: the same p95 / p99, 2 tracks), 26% less CPU than 1 s blocks.
+SCORING_BLOCKING = Blocking(block_chunks=16, warmup_chunks=16, batch_rows=None)
 
 _MODEL = None
 

@@ -144,19 +144,24 @@ def pcm16_float(pcm: np.ndarray) -> np.ndarray:
 
 
 def fdb_vad_segments(pcm: np.ndarray) -> tuple[tuple[float, float], ...]:
-    """Full-Duplex-Bench's backchannel VAD on 16 kHz PCM_16 samples: silero's own
-    ``get_speech_timestamps`` with its defaults and ``return_seconds=True`` (times rounded to
-    0.1 s), exactly as ``eval_backchannel.py`` runs it on ``output.wav``."""
+    """Full-Duplex-Bench's backchannel VAD on 16 kHz PCM_16 samples: what silero's own
+    ``get_speech_timestamps`` gives with its defaults and ``return_seconds=True`` (times rounded to
+    0.1 s), exactly as ``eval_backchannel.py`` runs it on ``output.wav``. The probabilities come from
+    the model's scripted ``audio_forward`` (the same chunks, zero-padded last chunk and state as
+    ``get_speech_timestamps``' Python loop, ~20% less CPU), then silero's own
+    ``get_speech_timestamps_from_probs``; tests check the result equals ``get_speech_timestamps``."""
     import torch
-    from silero_vad import get_speech_timestamps
+    from silero_vad.utils_vad import get_speech_timestamps_from_probs
 
-    from duplexgym.corpora.vad import silero_model
+    from duplexgym.corpora.vad import VAD_RATE, silero_model
 
     audio = pcm16_float(pcm)
     if audio.size == 0:
         return ()
     with torch.inference_mode():
-        stamps = get_speech_timestamps(torch.from_numpy(audio), silero_model(), return_seconds=True)
+        probs = silero_model().audio_forward(torch.from_numpy(audio)[None], VAD_RATE)[0]
+    stamps = get_speech_timestamps_from_probs(probs.tolist(), sampling_rate=VAD_RATE, return_seconds=True,
+                                              audio_length_samples=audio.size)
     return tuple((float(s["start"]), float(s["end"])) for s in stamps)
 
 

@@ -46,6 +46,38 @@ def test_spans_match_silero_get_speech_timestamps(dialogue_track):
         assert any(abs(b - end) < 0.15 for _, b in ours), (end, ours)
 
 
+def test_scoring_blocking_spans_match_silero_get_speech_timestamps(dialogue_track):
+    """The short-row blocking the env's scoring uses agrees with silero's own spans as well."""
+    import silero_vad
+    import torch
+
+    track, _ = dialogue_track
+    ours = vad.speech_spans([track], blocking=vad.SCORING_BLOCKING)[0]
+    track16 = vad.to_vad_rate(track)
+    stamps = silero_vad.get_speech_timestamps(torch.from_numpy(track16), vad.silero_model(), sampling_rate=16_000)
+    theirs = [(s["start"] / 16_000, s["end"] / 16_000) for s in stamps]
+    assert len(ours) == len(theirs) >= 3
+    worst = max(max(abs(a - c), abs(b - d)) for (a, b), (c, d) in zip(ours, theirs))
+    assert worst <= 0.1, f"scoring VAD spans differ from silero's by up to {worst:.3f} s"
+
+
+def test_fdb_vad_segments_are_silero_get_speech_timestamps_exactly(dialogue_track, speech):
+    """The benchmark's backchannel VAD, computed through the scripted audio_forward, is bit for bit
+    get_speech_timestamps(return_seconds=True) on the same PCM samples, odd lengths included."""
+    import silero_vad
+    import torch
+    from duplexgym.rewards.activity import fdb_vad_segments, pcm16_float
+
+    track, _ = dialogue_track
+    tracks = [track, speech["b_long"], speech["a_short"][: 24_000 // 3 + 77], track[: 24_000 * 7 + 1001]]
+    for t in tracks:
+        pcm = np.round(np.clip(vad.to_vad_rate(t), -1, 1) * 32767).astype(np.int16)
+        stamps = silero_vad.get_speech_timestamps(torch.from_numpy(pcm16_float(pcm)), vad.silero_model(),
+                                                  return_seconds=True)
+        assert fdb_vad_segments(pcm) == tuple((s["start"], s["end"]) for s in stamps)
+    assert fdb_vad_segments(np.zeros(0, dtype=np.int16)) == ()
+
+
 def test_probability_cache_round_trip(dialogue_track, tmp_path):
     track16 = vad.to_vad_rate(dialogue_track[0])
     first = vad.speech_probabilities([track16], cache_dir=tmp_path)[0]
