@@ -223,7 +223,8 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
     segments = segments if segments is not None else cfg.segments
     env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
                   "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "sampling": sampling,
-                  "lead_in_s": cfg.lead_in_silence_s}
+                  "lead_in_s": cfg.lead_in_silence_s, "env": cfg.env,
+                  "conversation": None if cfg.conversation is None else cfg.conversation.env_kwargs()}
     train = {k: getattr(cfg, k) for k in ("algorithm", "clip_eps", "kl_coef", "update_streams", "advantage", "epochs",
                                           "gamma", "lam", "vf_coef", "kl", "normalization", "minibatch_size",
                                           "lr", "seed")}

@@ -26,6 +26,8 @@ A config (relative paths are read from the current working directory, as the oth
     gamma: 1.0                       # ppo: discount per 80 ms frame, in [0, 1]
     lam: 0.95                        # ppo: GAE lambda, in [0, 1]
     vf_coef: 0.5                     # ppo: weight of the value loss (>= 0)
+    env: replay                      # replay (segments of the corpus) | conversation (Conversation-v0: a live simulated user)
+    conversation: null               # env conversation: {user: replay|script|llm, max_s, max_turns, dialogues, user_params, script, llm, scoring, judge}
     axes: [turn]                     # non-empty subset of pause, turn, backchannel, interruption
     axis_weights: null               # null (uniform over axes) or {axis: weight >= 0}: the axis mix
     segments: null                   # null (every segment of the axes) or a list of segment ids to train on
@@ -136,6 +138,52 @@ class SamplingConfig(BaseModel):
     """Text top-k (0: the whole vocabulary)."""
 
 
+class ConversationConfig(BaseModel):
+    """``env: conversation``: the live env (:class:`~duplexgym.envs.conversation.ConversationEnv`)
+    each group's G rollouts play. Each group draws one dialogue seed from the run's seeded stream:
+    it picks the dialogue and seeds the user, so the group shares content and the user's draws and
+    the user reacts to each rollout's agent on its own. Every field is the env's argument of the
+    same name (its checks apply: the env is built once when the config is loaded)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    user: choice("replay", "script", "llm") = "replay"
+    """What the user says: ``replay`` (the corpus dialogues' human turns), ``script`` (staged tasks,
+    offline TTS) or ``llm`` (an OpenAI-compatible chat server writes the lines)."""
+    max_s: Number = Field(60.0, gt=0)
+    """The longest dialogue (s); FD-Bench v2's 60 s by default. Rollout length, so training cost."""
+    max_turns: Integer | None = Field(None, ge=1)
+    """The most user turns (null: as many as fit in ``max_s``)."""
+    dialogues: tuple[str, ...] | None = None
+    """Dialogue ids to train on (``source.dialogue_ids()``); null: every dialogue of the source."""
+    user_params: dict | None = None
+    """The simulated user's timing (:class:`~duplexgym.envs.simulated_user.UserParams` fields)."""
+    script: str | dict | None = None
+    """``script`` / ``llm``: a script YAML path or mapping; null: the built-in tasks."""
+    llm: dict | None = None
+    """``llm``: :class:`~duplexgym.envs.user_lines.LlmParams` (``base_url``, ``model``, ...)."""
+    scoring: dict | None = None
+    """:class:`~duplexgym.rewards.live.LiveScoring` fields (how events are cut from the dialogue)."""
+    judge: dict | None = None
+    """FD-Bench v2's transcript judge (:class:`~duplexgym.rewards.live_judge.LiveJudgeParams`); null: none."""
+
+    @field_validator("script", mode="after")
+    @classmethod
+    def _script_path(cls, value):
+        return str(_path(value, "conversation.script")) if isinstance(value, str) else value
+
+    def env_kwargs(self) -> dict:
+        """The keyword arguments of ConversationEnv (codes in, tokens out are the trainer's)."""
+        return {"user": self.user, "max_s": float(self.max_s), "max_turns": self.max_turns,
+                "dialogues": None if self.dialogues is None else list(self.dialogues),
+                "user_params": self.user_params, "script": self.script, "llm": self.llm,
+                "scoring": self.scoring, "judge": self.judge}
+
+
+#: Fields that only replay training reads: set with ``env: conversation`` they are refused.
+REPLAY_FIELDS = ("axes", "axis_weights", "segments", "context", "lead_in_silence_s")
+
+
 class TrainConfigError(ValueError):
     """A training config that cannot be used; the message names the field."""
 
@@ -208,6 +256,12 @@ class TrainConfig(BaseModel):
     """PPO: GAE lambda, in [0, 1]."""
     vf_coef: Number = Field(0.5, ge=0)
     """PPO: weight of the value loss (>= 0)."""
+    env: choice("replay", "conversation") = "replay"
+    """What a group plays: ``replay`` (one corpus segment, replayed open-loop to G rollouts) or
+    ``conversation`` (one live dialogue of Conversation-v0, its simulated user reacting to each
+    rollout: ``conversation``)."""
+    conversation: ConversationConfig | None = None
+    """The live env of ``env: conversation`` (its defaults when omitted); refused with ``env: replay``."""
     axes: tuple[str, ...] = ("turn",)
     """Interactivity axes whose segments are trained on (subset of ``duplexgym.constants.AXES``)."""
     axis_weights: dict[str, Number] | None = None
@@ -373,6 +427,13 @@ class TrainConfig(BaseModel):
 
     # -- checks across fields -------------------------------------------------------------------------
 
+    @model_validator(mode="before")
+    @classmethod
+    def _live_defaults(cls, raw):
+        if isinstance(raw, dict) and raw.get("env") == "conversation" and raw.get("conversation") is None:
+            raw = {**raw, "conversation": {}}  # the live env's defaults, written out in config.yaml
+        return raw
+
     @model_validator(mode="after")
     def _across_fields(self):
         for other, names in ALGORITHM_FIELDS.items():
@@ -380,6 +441,13 @@ class TrainConfig(BaseModel):
                 if other != self.algorithm and name in self.model_fields_set:
                     raise located(name, f"only used by algorithm {other}; this config trains {self.algorithm} "
                                         "(remove the field)")
+        if self.env == "conversation":
+            for name in REPLAY_FIELDS:
+                if name in self.model_fields_set:
+                    raise located(name, "only used with env: replay (replayed segments); env: conversation plays "
+                                        "live dialogues (remove the field)")
+        elif self.conversation is not None:
+            raise located("conversation", "only used with env: conversation (set env: conversation, or remove it)")
         if self.minibatch_size is not None and self.update_streams != "text":
             raise located("minibatch_size", "minibatches need update_streams: text (the old log-probs of the audio "
                                             "streams are recomputed per update, which would be the updated policy's)")
@@ -391,6 +459,12 @@ class TrainConfig(BaseModel):
                                                     f"(env_runners: {self.env_runners})")
         _check_corpus(self)
         return self
+
+    @property
+    def reward_axes(self) -> tuple[str, ...]:
+        """The names rewards are reported under (``reward_mean``, the reward curve): ``axes``, or
+        ``("conversation",)`` for live dialogues (each dialogue's reward sums the axis terms of its events)."""
+        return ("conversation",) if self.env == "conversation" else tuple(self.axes)
 
     @property
     def episodes_per_iteration(self) -> int:
@@ -480,6 +554,9 @@ def _check_corpus(cfg: TrainConfig) -> None:
         if mimi_id != corpus.codec_id:
             raise located("model", f"the Mimi of {cfg.model} is codec {mimi_id}, but the corpus {path} holds codes "
                                    f"of {corpus.codec_id}; build the corpus with this model's Mimi (`--codec PATH`)")
+    if cfg.env == "conversation":
+        _check_conversation(cfg, corpus)
+        return
     missing = [axis for axis in cfg.axes if not corpus.select((axis,))]
     if missing:
         raise located("axes", f"the corpus {path} has no {missing[0]!r} segments")
@@ -496,3 +573,15 @@ def _check_corpus(cfg: TrainConfig) -> None:
         if not any(s.context_s for s in chosen):
             raise located("context.p", f"the corpus {path} stores no context before its segments; rebuild it with "
                                        "`duplexgym corpus build ... --context-s 30` (or set context.p: 0)")
+
+
+def _check_conversation(cfg: TrainConfig, corpus) -> None:
+    """``env: conversation``: the live env the runners will build, built once here (corpus codec and
+    silence codes, user source, script, dialogue ids, user timing, scoring, judge: its own checks)."""
+    from duplexgym.envs.conversation import ConversationEnv
+
+    try:
+        ConversationEnv(corpus, obs_mode="codes", action_mode="tokens", rewards=cfg.rewards,
+                        **cfg.conversation.env_kwargs()).close()
+    except (ValueError, TypeError, OSError) as exc:
+        raise located("conversation", str(exc)) from None

@@ -39,8 +39,10 @@ def training_plan(cfg: TrainConfig) -> dict:
     from duplexgym.rewards.spec import default_spec, load_spec
 
     corpus = ReplayCorpus(cfg.corpus)
-    sampler = SegmentSampler(corpus, cfg.axes, cfg.axis_weights, cfg.segments)
     spec = load_spec(cfg.rewards) if cfg.rewards is not None else default_spec("text")
+    if cfg.env == "conversation":
+        return _with_common(cfg, corpus, spec, *_live_plan(cfg, corpus, spec))
+    sampler = SegmentSampler(corpus, cfg.axes, cfg.axis_weights, cfg.segments)
     share = dict(zip(sampler.axes, (float(p) for p in sampler.axis_p)))
     groups, episodes = cfg.segments_per_iteration, cfg.episodes_per_iteration
     lead_frames = int(round(cfg.lead_in_silence_s / FRAME_S))
@@ -69,10 +71,38 @@ def training_plan(cfg: TrainConfig) -> dict:
             ctx_f += share[axis] * _expected_context_frames(stored, cfg.context.p, limit)
         per_iter_ctx.append(ctx_f)
         frames_per_iter.append(episodes * (seg_f + lead_frames + ctx_f))
+    return _with_common(cfg, corpus, spec, axes, frames_per_iter, per_iter_ctx, judge_per_iter)
+
+
+def _live_plan(cfg: TrainConfig, corpus, spec) -> tuple:
+    """``env: conversation``: one entry (``conversation``) for the live dialogues; each rollout
+    generates at most ``max_s`` (a dialogue ends earlier when the user has nothing more to say), so
+    the frames are upper bounds. Judge calls: the transcript judge, once per rollout."""
+    from duplexgym.envs.conversation import ConversationEnv
+
+    live = cfg.conversation
+    env = ConversationEnv(corpus, obs_mode="codes", action_mode="tokens", rewards=cfg.rewards, **live.env_kwargs())
+    terms = {name: t.weight for name, t in spec.terms.items() if name in ("pause", "turn", "backchannel",
+                                                                          "interruption")}
+    judged = 1 if live.judge is not None else 0
+    entry = {"segments": len(env.dialogue_ids), "share": 1.0, "groups_per_iteration": float(cfg.segments_per_iteration),
+             "segment_s": {"min": 0.0, "mean": float(env.max_s), "max": float(env.max_s)}, "terms": terms,
+             "judge_terms": ["judge"] if judged else [], "user": live.user, "max_s": float(env.max_s),
+             "max_turns": live.max_turns}
+    env.close()
+    frames = [float(cfg.episodes_per_iteration * env.max_frames)] * cfg.iterations
+    return {"conversation": entry}, frames, [0.0] * cfg.iterations, float(cfg.episodes_per_iteration * judged)
+
+
+def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: list, per_iter_ctx: list,
+                 judge_per_iter: float) -> dict:
+    """The plan's dict: the per-axis entries and frame counts, with everything the config fixes."""
+    iterations, episodes, groups = cfg.iterations, cfg.episodes_per_iteration, cfg.segments_per_iteration
+    lead_frames = int(round(cfg.lead_in_silence_s / FRAME_S))
     steps = cfg.gradient_steps_per_iteration
     total_frames = float(sum(frames_per_iter))
     return {
-        "algorithm": cfg.algorithm, "model": cfg.model, "corpus": str(corpus.path), "out": cfg.out,
+        "algorithm": cfg.algorithm, "model": cfg.model, "corpus": str(corpus.path), "out": cfg.out, "env": cfg.env,
         "rules": corpus.info.get("rules", None if corpus.info.get("format") == "fdb1" else "duplexgym"),
         "axes": axes,
         "iterations": iterations,
@@ -88,6 +118,7 @@ def training_plan(cfg: TrainConfig) -> dict:
         "context": {**cfg.context.model_dump(), "expected_frames_first": per_iter_ctx[0],
                     "expected_frames_last": per_iter_ctx[-1]},
         "frames_per_iteration": {"first": frames_per_iter[0], "last": frames_per_iter[-1]},
+        "frames_are_bounds": cfg.env == "conversation",
         "frames_total": total_frames, "generated_s_total": total_frames * FRAME_S,
         "judge_calls_per_iteration": judge_per_iter, "judge_calls_total": judge_per_iter * iterations,
     }
@@ -110,8 +141,15 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  loss: advantage {loss['advantage']}, kl {loss['kl']} x {loss['kl_coef']:g}, clip "
                  f"{loss['clip_eps']:g}, {loss['normalization']} normalisation, streams {loss['update_streams']}; "
                  f"reader {plan['reader']}")
-    lines.append("  segments per axis (share of groups; segment length mean s; terms):")
-    for axis, a in plan["axes"].items():
+    if plan.get("env") == "conversation":
+        a = plan["axes"]["conversation"]
+        terms = ", ".join(f"{k} x{w:g}" for k, w in a["terms"].items()) or "none"
+        lines.append(f"  live dialogues (Conversation-v0, user {a['user']}): {a['segments']} dialogues, up to "
+                     f"{a['max_s']:g} s" + (f" or {a['max_turns']} user turns" if a["max_turns"] else "")
+                     + f" each; event terms: {terms}" + ("; transcript judge" if a["judge_terms"] else ""))
+    else:
+        lines.append("  segments per axis (share of groups; segment length mean s; terms):")
+    for axis, a in ({} if plan.get("env") == "conversation" else plan["axes"]).items():
         terms = ", ".join(f"{k} x{w:g}" for k, w in a["terms"].items()) or "none"
         lines.append(f"    {axis:<13} {a['segments']:>5} segments, {100 * a['share']:5.1f}% "
                      f"({a['groups_per_iteration']:.2f} groups/iter), {a['segment_s']['mean']:.1f} s; {terms}")
@@ -123,7 +161,8 @@ def format_plan(plan: dict) -> str:
     if plan["lead_in_frames"]:
         lines.append(f"  lead-in: {plan['lead_in_frames']} frames of user silence per rollout")
     f = plan["frames_per_iteration"]
-    lines.append(f"  frames to generate (80 ms): {f['first']:.0f} at the first iteration, {f['last']:.0f} at the "
+    bound = "at most " if plan.get("frames_are_bounds") else ""
+    lines.append(f"  frames to generate (80 ms): {bound}{f['first']:.0f} at the first iteration, {f['last']:.0f} at the "
                  f"last, {plan['frames_total']:.0f} in all ({plan['generated_s_total'] / 3600:.2f} h of audio)")
     if plan["judge_calls_total"]:
         lines.append(f"  judge calls: {plan['judge_calls_per_iteration']:.1f} per iteration, "

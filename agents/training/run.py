@@ -160,7 +160,7 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(row, sort_keys=True) + "\n")
         tracker.log(row)
-        write_reward_curve(out / CURVE_NAME, rows, cfg.axes, title=curve_title(cfg))
+        write_reward_curve(out / CURVE_NAME, rows, cfg.reward_axes, title=curve_title(cfg))
         done = int(m["iteration"]) + 1
         if done == cfg.iterations or (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0):
             path = checkpoint_path(out, done)
@@ -182,7 +182,7 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
     with RunLogger(out, cfg.to_dict(), cfg.tracking, start_iteration=start) as tracker:
         train_policy(cfg, on_iteration=record, resume=None if resume is None else Path(resume).expanduser().resolve(),
                      on_start=on_start, trust_pickled_checkpoint=trust_pickled_checkpoint)
-    write_reward_curve(out / CURVE_NAME, rows, cfg.axes, title=curve_title(cfg))
+    write_reward_curve(out / CURVE_NAME, rows, cfg.reward_axes, title=curve_title(cfg))
     return {"algorithm": cfg.algorithm, "out": str(out), "iterations": rows,
             "reward_mean": dict(rows[-1]["reward_mean"]) if rows else {},
             "wall_s": time.perf_counter() - t0, "resumed_from": start if resume is not None else None,
@@ -194,16 +194,21 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
 def curve_title(cfg: TrainConfig) -> str:
     """The reward curve's title: the run folder, algorithm, model and axes."""
     model = cfg.model if cfg.model == "tiny" else Path(cfg.model).name
-    return f"{Path(cfg.out).name}: {cfg.algorithm.upper()} on {', '.join(cfg.axes)} (model {model}, G = {cfg.group_size})"
+    return f"{Path(cfg.out).name}: {cfg.algorithm.upper()} on {', '.join(cfg.reward_axes)} (model {model}, G = {cfg.group_size})"
 
 
 def format_iteration(m: dict, total: int) -> str:
     """One progress line: iteration, per-axis reward means, kl, loss, frames/s."""
     rewards = "  ".join(f"{axis} {_fmt(v, '+.3f')}" for axis, v in sorted(m.get("reward_mean", {}).items(),
-                                                                          key=lambda kv: AXES.index(kv[0])))
+                                                                          key=lambda kv: _axis_order(kv[0])))
     return (f"iter {m['iteration'] + 1}/{total}  reward {rewards or '-'}  kl {_fmt(m.get('kl'), '.5f')}  "
             f"loss {_fmt(m.get('loss'), '+.5f')}  frames/s {_fmt(m.get('frames_per_s'), '.1f')}  "
             f"[{_fmt(m.get('wall_s'), '.1f')} s]")
+
+
+def _axis_order(axis: str) -> int:
+    """The position of an axis in progress lines: ``AXES`` order, then anything else (``conversation``)."""
+    return AXES.index(axis) if axis in AXES else len(AXES)
 
 
 def _fmt(v, spec: str) -> str:

@@ -1,4 +1,12 @@
-"""The env runner of group sampling: G rollouts of one segment with one batched streaming Moshi."""
+"""The env runner of group sampling: G rollouts of one segment (or of one live dialogue) with one
+batched streaming Moshi.
+
+``env: replay``: the G sub-envs replay the group's segment; every rollout has its length.
+``env: conversation``: the G sub-envs play one live dialogue of Conversation-v0 (one dialogue seed:
+the same dialogue and user draws), the simulated user reacting to each rollout's agent, so rollouts
+end at different frames. A sub-env whose dialogue ended is not stepped again (the vector env would
+reset it and open a dialogue nobody plays); the batched agent keeps acting for its row on silence
+and the row's actions are dropped."""
 
 from __future__ import annotations
 
@@ -21,7 +29,13 @@ SAMPLER_STATE = "group_sampler"
 
 
 def make_env(cfg: dict):
-    """The replay env of an env runner (codes observations, token actions) from its ``env_config``."""
+    """The env of an env runner (codes observations, token actions) from its ``env_config``: the
+    replay env, or with ``env: conversation`` the live env of ``cfg["conversation"]``."""
+    if cfg.get("env") == "conversation":
+        from duplexgym.envs.conversation import ConversationEnv
+
+        return ConversationEnv(cfg["corpus"], obs_mode="codes", action_mode="tokens", rewards=cfg.get("rewards"),
+                               **cfg["conversation"])
     from duplexgym.envs.replay import DuplexReplayEnv
 
     return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
@@ -36,6 +50,7 @@ class GroupEnvRunner(SingleAgentEnvRunner):
     _agent = None
     _segment_rng = None
     _groups_sampled = 0
+    _live = False
 
     def _sampling(self) -> dict:
         return dict(self.config.env_config["sampling"])
@@ -77,8 +92,9 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             self._agent.check_codec(corpus.codec_id)  # the corpus codes must be the model's Mimi's
             # records carry the agent's decoded words (the judges read them), as in evaluation
             self.env.unwrapped.call("set_text_tokenizer", self._agent.text_tokenizer_path)
-            self._sampler = SegmentSampler(corpus, tuple(env_config["axes"]), env_config.get("axis_weights"),
-                                           env_config.get("segments"))
+            self._live = env_config.get("env") == "conversation"
+            self._sampler = None if self._live else SegmentSampler(
+                corpus, tuple(env_config["axes"]), env_config.get("axis_weights"), env_config.get("segments"))
         return self._agent
 
     def sampler_state(self) -> dict:
@@ -114,6 +130,19 @@ class GroupEnvRunner(SingleAgentEnvRunner):
         then uniformly: :class:`~duplexgym.envs.corpus.SegmentSampler`, as the env draws)."""
         return self._sampler.draw(self._segment_rng).id
 
+    def next_dialogue_seed(self) -> int:
+        """The next live group's dialogue seed, from the same seeded stream (``env: conversation``):
+        it picks the dialogue and seeds the user (``reset(options={"dialogue": seed})``)."""
+        return int(self._segment_rng.integers(2**62))
+
+    def _group_reset_options(self) -> tuple[dict, str | None]:
+        """The group's reset options and the segment every sub-env must report (None: live, where
+        the dialogue seed decides the segment id)."""
+        if self._live:
+            return {"dialogue": self.next_dialogue_seed()}, None
+        segment = self.next_segment()
+        return {"segment": segment, "context_s": self.next_context_s()}, segment
+
     def sample(self, *, num_groups: int | None = None, **kwargs) -> list[SingleAgentEpisode]:
         agent = self._get_agent()
         n_groups = int(num_groups or self._sampling()["groups_per_runner"])
@@ -140,13 +169,13 @@ class GroupEnvRunner(SingleAgentEnvRunner):
 
     def _sample_group(self, agent):
         G = self.num_envs
-        segment = self.next_segment()
-        context_s = self.next_context_s()
+        options, segment = self._group_reset_options()
         group_id = f"w{self.worker_index}-g{self._groups_sampled}"
         self._groups_sampled += 1
-        obs, infos = self._try_env_reset(options={"segment": segment, "context_s": context_s})
+        obs, infos = self._try_env_reset(options=options)
         infos = list(infos) if isinstance(infos, (list, tuple)) else row_infos(infos, G)
-        assert all(info["segment"] == segment for info in infos), "sub-envs must replay the group's segment"
+        segment = infos[0]["segment"] if segment is None else segment
+        assert all(info["segment"] == segment for info in infos), "sub-envs must play the group's segment"
         agent.reset_batch(infos)
         eps = []
         for r in range(G):
@@ -157,14 +186,19 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                                  forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]),
                                  prefix_frames=int(infos[r].get("prefix_frames", 0)),
                                  context_frames=int(infos[r].get("context_frames", 0)))
+            if self._live:  # what replays the dialogue: reset(options={"dialogue": ..., "user_seed": ...})
+                e.custom_data.update(dialogue=infos[r]["dialogue"], user_seed=int(infos[r]["user_seed"]))
             eps.append(e)
         t, done = 0, np.zeros(G, bool)
         while not done.all():
             previous = self._text_logp if t > 0 else None  # text of model frame t - 1 = env frame t
             self._text_logp = None
             actions = agent.act_batch(np.asarray(obs))
-            obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
-            step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
+            if self._live:
+                obs, rewards, terms, truncs, step_infos = self._step_live(actions, obs, done)
+            else:
+                obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
+                step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
             for r in range(G):
                 if done[r]:
                     continue
@@ -182,6 +216,8 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             e.custom_data["reward"] = float(e.get_return())
             terms = e.get_infos(-1).get("reward_terms") or {}
             axis_term = spec_axis_term(terms.get("terms") or {}, e.custom_data["axis"])
+            if self._live:  # the dialogue's reward over its events, without the dense shaping
+                axis_term = None if terms.get("failed") or "reward" not in terms else {"value": terms["reward"]}
             e.custom_data["score"] = None if axis_term is None else float(axis_term["value"])
             e.custom_data["failed"] = sorted(terms.get("failed") or {})
             # each weighted term of the reward, and the dense shaping: the components of GDPO
@@ -189,6 +225,18 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                                               for name, t in (terms.get("terms") or {}).items() if t["weight"]},
                                            "dense": float(terms.get("dense") or 0.0)}
         return [e.to_numpy() for e in eps], t * G
+
+    def _step_live(self, actions: np.ndarray, obs: np.ndarray, done: np.ndarray):
+        """One step of the live sub-envs still playing (rows in ``done`` are left alone: their
+        observation stays, reward 0, no infos); the vector env's ``step`` results."""
+        envs = self.env.unwrapped.envs
+        obs = np.array(obs, copy=True)
+        G = len(envs)
+        rewards, terms, truncs = np.zeros(G), np.zeros(G, bool), np.zeros(G, bool)
+        infos = [{} for _ in range(G)]
+        for r in np.flatnonzero(~done):
+            obs[r], rewards[r], terms[r], truncs[r], infos[r] = envs[r].step(actions[r])
+        return obs, rewards, terms, truncs, infos
 
     def stop(self):
         if self._agent is not None:
