@@ -57,6 +57,8 @@ CONFIG_NAME = "config.json"
 #: Names :func:`save_checkpoint` gives the Mimi weights and (for a non-Kyutai Mimi) its config.
 SAVED_MIMI_NAME = "mimi.safetensors"
 SAVED_MIMI_CONFIG_NAME = "mimi_config.json"
+#: The LoRA file :func:`save_checkpoint` writes beside the base weights (moshi's ``lora_name``).
+LORA_WEIGHTS_NAME = "lora.safetensors"
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft", ".sfts")
 #: Suffixes of pickled torch checkpoints: refused, never opened.
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -200,7 +202,7 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
         info = resolve_checkpoint(source, text_tokenizer)
         lm = _load_lm(info, device, dtype)
         models = MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
-                             dict(info.lm_config or loaders._lm_kwargs), str(source), dict(info.lm_gen_config))
+                             _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
     _check_vocabulary(models)
     return models
 
@@ -221,7 +223,7 @@ def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device =
         return MoshiModels(lm, load_mimi(TINY_MODEL, device), find_text_tokenizer(), tiny_lm_kwargs(), TINY_MODEL)
     info = resolve_checkpoint(source)
     return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
-                       dict(info.lm_config or loaders._lm_kwargs), str(source), dict(info.lm_gen_config))
+                       _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
 
 
 def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLike | None = None
@@ -315,6 +317,9 @@ def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLik
         if weights is not None and weights.suffix.lower() not in SAFETENSORS_SUFFIXES:
             raise CheckpointError(f"{weights}: weights must be safetensors ({', '.join(SAFETENSORS_SUFFIXES)})")
     _check_lm_config(path, lm_config)
+    if (lm_config or {}).get("lora") and lora is None:
+        raise CheckpointError(f"{path / CONFIG_NAME}: lora is true but no lora_name names the adapters' file; moshi "
+                              "would start the adapters at random")
     return loaders.CheckpointInfo(
         lm_weights, mimi_weights, tokenizer, lm_config, raw, mimi_config, extra["model_type"], lora,
         lm_gen_config=extra.get("lm_gen_config") or {}, tts_config=extra.get("tts_config") or {},
@@ -350,6 +355,16 @@ def _read_config(folder: Path) -> tuple[dict | None, dict | None, dict]:
     extra = {key: lm_config.pop(key) for key in CONFIG_FILE_KEYS if key in lm_config}
     extra.setdefault("model_type", "moshi")
     return raw, lm_config, extra
+
+
+#: LM kwargs that ask moshi's loader for adapters: a loaded LM has them merged, so they are dropped
+#: from the kwargs an LM is described by (what :func:`save_checkpoint` is given again).
+LORA_KWARGS = ("lora", "lora_rank", "lora_scaling")
+
+
+def _plain_lm_kwargs(lm_config: dict | None) -> dict:
+    """The constructor kwargs of a loaded LM (Moshi 7B's when the folder has no config.json)."""
+    return {k: v for k, v in (lm_config or loaders._lm_kwargs).items() if k not in LORA_KWARGS}
 
 
 def _check_lm_config(folder: Path, lm_config: dict | None) -> None:
@@ -432,8 +447,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) 
     return path
 
 
-def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    lm_kwargs: dict, dtype: torch.dtype | None = None) -> Path:
+def save_checkpoint(lm: LMModel | dict, mimi: MimiModel, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
+                    lm_kwargs: dict, dtype: torch.dtype | None = None, lora: dict | None = None) -> Path:
     """Write ``lm``, ``mimi`` and the tokenizer as a checkpoint folder in Kyutai's layout.
 
     Files: ``model.safetensors`` (the LM's ``state_dict``, cast to ``dtype`` if given, e.g.
@@ -441,8 +456,11 @@ def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathL
     name if it ends in ``.model``, else ``tokenizer.model``), ``mimi_config.json`` when the Mimi
     is not Kyutai's config, and ``config.json``: ``lm_kwargs`` plus ``moshi_name``, ``mimi_name``,
     ``tokenizer_name`` (and ``mimi_config_name``), the keys moshi's ``CheckpointInfo`` reads.
-    ``lm_kwargs`` must be the kwargs ``lm`` was built with (checked against its tensor shapes).
-    Returns the folder.
+    ``lm_kwargs`` must be the kwargs ``lm`` was built with (checked against its tensor shapes);
+    ``lm`` may also be such an LM's ``state_dict``. ``lora``: ``{"tensors": moshi LoRA file tensors,
+    "rank": r, "scaling": s}`` also writes ``lora.safetensors`` and puts ``lora: true``,
+    ``lora_rank``, ``lora_scaling`` and ``lora_name`` in config.json, so moshi's loaders (and
+    :func:`load_models`) apply the adapters on load. Returns the folder.
     """
     out = Path(out_dir)
     tokenizer_path = _check_tokenizer_file(Path(tokenizer_path))
@@ -450,11 +468,12 @@ def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathL
     clash = sorted(set(lm_kwargs) & set(CONFIG_FILE_KEYS))
     if clash:
         raise CheckpointError(f"lm_kwargs must hold LM constructor arguments only, got config file key {clash[0]!r}")
-    _check_shapes("lm", lm.state_dict(), _empty_lm(lm_kwargs).state_dict(), "the given lm_kwargs")
+    state = lm if isinstance(lm, dict) else lm.state_dict()
+    _check_shapes("lm", state, _empty_lm(lm_kwargs).state_dict(), "the given lm_kwargs")
     mimi_config = _mimi_config_of(mimi)
     out.mkdir(parents=True, exist_ok=True)
 
-    save_safetensors(_plain_tensors(lm.state_dict(), dtype), out / LM_WEIGHTS_NAME)
+    save_safetensors(_plain_tensors(state, dtype), out / LM_WEIGHTS_NAME)
     save_safetensors(_plain_tensors(mimi.state_dict(), None), out / SAVED_MIMI_NAME)
     tokenizer_name = tokenizer_path.name if tokenizer_path.suffix == ".model" else "tokenizer.model"
     if (out / tokenizer_name).resolve() != tokenizer_path.resolve():
@@ -464,6 +483,10 @@ def save_checkpoint(lm: LMModel, mimi: MimiModel, tokenizer_path: str | os.PathL
     if mimi_config is not None:
         (out / SAVED_MIMI_CONFIG_NAME).write_text(json.dumps(mimi_config, indent=1) + "\n")
         config["mimi_config_name"] = SAVED_MIMI_CONFIG_NAME
+    if lora is not None:
+        save_safetensors(_plain_tensors(lora["tensors"], dtype), out / LORA_WEIGHTS_NAME)
+        config.update({"lora": True, "lora_rank": int(lora["rank"]), "lora_scaling": float(lora["scaling"]),
+                       "lora_name": LORA_WEIGHTS_NAME})
     (out / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     return out
 

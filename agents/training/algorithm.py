@@ -229,6 +229,8 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
                                           "gamma", "lam", "vf_coef", "kl", "normalization", "minibatch_size",
                                           "lr", "seed")}
     train["optimizer"] = cfg.optimizer.model_dump()
+    train["trainable"], train["dtype"] = cfg.trainable, cfg.dtype
+    train["lora"] = None if cfg.lora is None else cfg.lora.model_dump()
     train["total_steps"] = cfg.iterations * cfg.gradient_steps_per_iteration
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]
     obs_space = spaces.MultiDiscrete([MIMI_CARDINALITY] * MIMI_CODEBOOKS)

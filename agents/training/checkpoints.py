@@ -42,7 +42,7 @@ RLLIB_MARKER = "rllib_checkpoint.json"
 LEGACY_RUNNER_STATE_NAME = "grpo_runners.json"
 #: Config fields a resumed run must share with its checkpoint.
 RESUME_KEYS = ("algorithm", "corpus", "axes", "axis_weights", "segments", "group_size", "segments_per_iteration",
-               "env_runners", "seed")
+               "env_runners", "seed", "env", "conversation", "trainable", "lora", "dtype")
 #: RLlib's id of the single module every algorithm here trains.
 MODULE_ID = "default_policy"
 
@@ -312,15 +312,28 @@ def restore_training_checkpoint(algo, path: str | os.PathLike, trust_pickled: bo
 # ------------------------------------------------------------------------------------ the policy
 
 
-def export_policy(algo, out_dir: str | os.PathLike) -> Path:
+def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLike | None = None) -> Path:
     """The learner's LM as a moshi-loadable checkpoint folder (Kyutai layout, with the trained model's
     Mimi and text tokenizer): ``make_agent("moshi:" + out_dir, env)`` and ``duplexgym eval --agent
-    moshi:DIR`` load it."""
-    from duplexgym.agents.policies.checkpoint import save_checkpoint, with_lm
+    moshi:DIR`` load it. With ``trainable: lora`` the folder holds the base weights and moshi's
+    own LoRA file (``lora.safetensors``; ``lora: true`` in config.json: ``loaders.get_moshi_lm(...,
+    lora_weights=)`` applies it); ``merged_dir`` also gets a plain checkpoint with the adapters merged."""
+    from duplexgym.agents.policies.checkpoint import _empty_lm, save_checkpoint, with_lm
+    from duplexgym.agents.training import adapters
 
     def export(learner):
         module = learner.module[MODULE_ID]
         models = with_lm(module.model_source(), module.lm)
-        return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)
+        if module.trainable != "lora":
+            return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)
+        lora = module.train_settings()["lora"] or {}
+        rank, scaling = int(lora.get("rank", 16)), float(lora.get("scaling", 2.0))
+        tensors = adapters.lora_file_tensors(module.lm, _empty_lm(models.lm_kwargs), rank)
+        folder = save_checkpoint(adapters.base_state(module.lm), models.mimi, models.text_tokenizer, out_dir,
+                                 models.lm_kwargs, lora={"tensors": tensors, "rank": rank, "scaling": scaling})
+        if merged_dir is not None:
+            save_checkpoint(adapters.merged_state(module.lm), models.mimi, models.text_tokenizer, merged_dir,
+                            models.lm_kwargs)
+        return folder
 
     return on_learners(algo, export)[0]

@@ -23,6 +23,9 @@ A config (relative paths are read from the current working directory, as the oth
     context: {p: 0.0, max_s: 0.0, schedule: linear}  # prepend the preceding recording (the paper's curriculum)
     lead_in_silence_s: 0.0           # seconds of user silence first (Moshi in the paper: 3.0)
     sampling: {temp: 0.8, temp_text: 0.7, top_k: 250, top_k_text: 25}   # the rollouts' sampler
+    trainable: all                   # all | temporal (the depformer frozen unless audio streams are updated) | lora
+    lora: {rank: 16, scaling: 2.0, modules: null, export_merged: false}   # trainable: lora (moshi.modules.lora)
+    dtype: fp32                      # fp32 | bf16 (rollouts and reference in bf16, the learner in mixed precision)
     gamma: 1.0                       # ppo: discount per 80 ms frame, in [0, 1]
     lam: 0.95                        # ppo: GAE lambda, in [0, 1]
     vf_coef: 0.5                     # ppo: weight of the value loss (>= 0)
@@ -184,6 +187,34 @@ class ConversationConfig(BaseModel):
 REPLAY_FIELDS = ("axes", "axis_weights", "segments", "context", "lead_in_silence_s")
 
 
+class LoraConfig(BaseModel):
+    """``trainable: lora``: moshi's ``LoRALinear`` adapters (:mod:`duplexgym.agents.training.adapters`)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    rank: Integer = Field(16, ge=1)
+    """The adapters' rank r (moshi-finetune: 128)."""
+    scaling: Number = Field(2.0, gt=0)
+    """The adapters' output scale (moshi's ``lora_scaling``; moshi-finetune: 2)."""
+    modules: tuple[str, ...] | None = None
+    """Children of the LM whose linears get adapters (``transformer``, ``text_linear``, ``depformer_in``,
+    ``depformer``, ``linears``); null: the temporal transformer, plus the depformer's when audio
+    streams are updated."""
+    export_merged: bool = False
+    """Also write ``OUT/policy_merged/``: a plain checkpoint with the adapters merged into the weights."""
+
+    @field_validator("modules", mode="after")
+    @classmethod
+    def _modules(cls, value):
+        from duplexgym.agents.training.adapters import LORA_CHILDREN  # torch + moshi: only when given
+
+        if value is None:
+            return value
+        if not value:
+            raise located("lora.modules", f"expected null or a non-empty list of {', '.join(LORA_CHILDREN)}")
+        return _unique_names(value, "lora.modules", LORA_CHILDREN, "module")
+
+
 class TrainConfigError(ValueError):
     """A training config that cannot be used; the message names the field."""
 
@@ -250,6 +281,15 @@ class TrainConfig(BaseModel):
     speaks); the model speaks freely there, left out of the loss and the rewards."""
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     """The streaming sampler per stream (``temp``, ``temp_text``, ``top_k``, ``top_k_text``)."""
+    trainable: choice("all", "temporal", "lora") = "all"
+    """What the learner updates: ``all`` parameters, the ``temporal`` transformer side (the depformer
+    too when audio streams are updated) or ``lora`` adapters only (the reference is then the same
+    network with its adapters off: no second copy of the LM)."""
+    lora: LoraConfig | None = None
+    """The adapters of ``trainable: lora`` (its defaults when omitted); refused otherwise."""
+    dtype: choice("fp32", "bf16") = "fp32"
+    """``bf16``: the env runners' LM and the reference in bfloat16, the learner's passes under bf16
+    autocast over float32 master weights; ``fp32``: float32 everywhere."""
     gamma: Number = Field(1.0, ge=0, le=1)
     """PPO: discount per 80 ms frame, in [0, 1]."""
     lam: Number = Field(0.95, ge=0, le=1)
@@ -296,12 +336,7 @@ class TrainConfig(BaseModel):
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             raise located("axes", f"expected a non-empty list of axis names ({', '.join(AXES)}), got {value!r}")
-        for i, axis in enumerate(value):
-            if axis not in AXES:
-                raise located(f"axes[{i}]", f"unknown axis {axis!r}; known: {', '.join(AXES)}")
-            if axis in value[:i]:
-                raise located(f"axes[{i}]", f"axis {axis!r} is listed twice")
-        return tuple(value)
+        return _unique_names(value, "axes", AXES, "axis")
 
     @field_validator("axis_weights", mode="before")
     @classmethod
@@ -432,6 +467,8 @@ class TrainConfig(BaseModel):
     def _live_defaults(cls, raw):
         if isinstance(raw, dict) and raw.get("env") == "conversation" and raw.get("conversation") is None:
             raw = {**raw, "conversation": {}}  # the live env's defaults, written out in config.yaml
+        if isinstance(raw, dict) and raw.get("trainable") == "lora" and raw.get("lora") is None:
+            raw = {**raw, "lora": {}}
         return raw
 
     @model_validator(mode="after")
@@ -448,6 +485,8 @@ class TrainConfig(BaseModel):
                                         "live dialogues (remove the field)")
         elif self.conversation is not None:
             raise located("conversation", "only used with env: conversation (set env: conversation, or remove it)")
+        if self.lora is not None and self.trainable != "lora":
+            raise located("lora", f"only used with trainable: lora (this config trains {self.trainable})")
         if self.minibatch_size is not None and self.update_streams != "text":
             raise located("minibatch_size", "minibatches need update_streams: text (the old log-probs of the audio "
                                             "streams are recomputed per update, which would be the updated policy's)")
@@ -518,6 +557,17 @@ def config_from_dict(raw: Any) -> TrainConfig:
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+def _unique_names(value, where: str, known: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """``value`` (a list) as a tuple, each entry one of ``known`` and listed once; else the error
+    names the entry (``axes[1]: unknown axis 'turns'; known: ...``)."""
+    for i, name in enumerate(value):
+        if name not in known:
+            raise located(f"{where}[{i}]", f"unknown {what} {name!r}; known: {', '.join(known)}")
+        if name in value[:i]:
+            raise located(f"{where}[{i}]", f"{what} {name!r} is listed twice")
+    return tuple(value)
 
 
 def _path(value: Any, where: str) -> Path:

@@ -54,7 +54,7 @@ class GroupBatchConnector(ConnectorV2):
         with torch.no_grad():
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}
             old = self.policy_pass(module, t, cols)
-            ref = module.logprobs(module.ref_lm, t)
+            ref = module.ref_logprobs(t)
         # Frames with a non-finite log-prob in a stream the loss covers leave the loss, counted. The
         # last frame's codebooks 1..7 are undefined (NaN: agents.logprobs), so with audio streams
         # each episode's last frame is left out; nothing else is expected.

@@ -14,6 +14,14 @@ from __future__ import annotations
 
 import torch
 from duplexgym.agents.policies.checkpoint import load_policy_lm
+from duplexgym.agents.training.adapters import (
+    DTYPES,
+    adapters_off,
+    add_lora,
+    autocast,
+    default_lora_modules,
+    freeze_for,
+)
 from duplexgym.agents.training.batch import AGENT_TOKENS, USER_CODES
 from duplexgym.agents.training.logprobs import token_logprobs
 from duplexgym.agents.training.losses import exact_kl
@@ -28,16 +36,27 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
     learner's copy also holds the frozen reference LM (the same weights, never updated)."""
 
     def setup(self):
-        self.lm = load_policy_lm(self.model_source())
-        if not self.inference_only:
-            self.ref_lm = load_policy_lm(self.model_source())
+        train = (self.model_config or {}).get("train") or {}
+        self.trainable, self.dtype = train.get("trainable", "all"), train.get("dtype", "fp32")
+        streams = train.get("update_streams", "text")
+        lm = load_policy_lm(self.model_source())
+        if self.trainable == "lora":
+            lora = train.get("lora") or {}
+            add_lora(lm, tuple(lora.get("modules") or default_lora_modules(streams)), int(lora.get("rank", 16)),
+                     float(lora.get("scaling", 2.0)))
+        freeze_for(lm, self.trainable, streams)
+        if self.inference_only and self.dtype == "bf16":
+            lm = lm.to(DTYPES["bf16"])  # rollouts in bf16; the learner keeps fp32 master weights
+        self.lm = lm
+        if not self.inference_only and self.trainable != "lora":  # LoRA: the reference is the LM, adapters off
+            self.ref_lm = load_policy_lm(self.model_source(), dtype=DTYPES[self.dtype])
             self.ref_lm.requires_grad_(False)
 
     def model_source(self) -> str:
         return (self.model_config or {}).get("model", TINY_MODEL)
 
     def get_non_inference_attributes(self):
-        return ["ref_lm"]
+        return ["ref_lm"]  # absent with trainable: lora (no second copy)
 
     def sampler(self) -> dict:
         """The streaming sampler's temperatures and top-k (``model_config``, else :data:`SAMPLER_DEFAULTS`)."""
@@ -54,22 +73,60 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         distributions (:func:`~duplexgym.agents.training.logprobs.token_logprobs`)."""
         lm.eval()  # dropout-free, as the streaming sampler
         s = self.sampler()
-        return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
-                              top_k_text=0, temp=s["temp"], top_k=0, full=full)
+        with autocast(lm.device, self.dtype):
+            return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
+                                  top_k_text=0, temp=s["temp"], top_k=0, full=full)
+
+    def ref_logprobs(self, batch, full: bool = False):
+        """:meth:`logprobs` under the frozen reference (no grad): the separate reference LM, or with
+        ``trainable: lora`` the policy LM with its adapters switched off."""
+        with torch.no_grad():
+            if self.trainable == "lora":
+                with adapters_off(self.lm):
+                    return self.logprobs(self.lm, batch, full=full)
+            return self.logprobs(self.ref_lm, batch, full=full)
 
     def exact_kl(self, batch, text_full: torch.Tensor, audio_full: torch.Tensor) -> torch.Tensor:
         """``[B, 9, T]`` exact ``KL(policy || reference)`` at each stream and position: the policy's
         whole distributions (with grad) against the frozen reference's (computed here, no grad)."""
-        with torch.no_grad():
-            _, ref_text, ref_audio = self.logprobs(self.ref_lm, batch, full=True)
+        _, ref_text, ref_audio = self.ref_logprobs(batch, full=True)
         text = exact_kl(text_full, ref_text)[:, None]  # [B, 1, T]
         audio = exact_kl(audio_full, ref_audio)  # [B, 8, T]
         return torch.cat([text, audio], dim=1)
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """What a training checkpoint stores of this module: every tensor but the frozen reference
-        (rebuilt from ``model`` when the module is built again)."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("ref_lm.")}
+        (rebuilt from ``model`` when the module is built again); with ``trainable`` other than
+        ``all``, only the parameters the run trains (the frozen rest is rebuilt from ``model`` too)."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("ref_lm.")}
+        if self.trainable == "all":
+            return state
+        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in state.items() if k in keep}
+
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
+        """RLlib's state; for the runners' weight sync (``inference_only``) with ``trainable`` other
+        than ``all``, only the trained tensors travel (the runners build the same frozen rest)."""
+        state = super().get_state(components, not_components=not_components, inference_only=inference_only,
+                                  **kwargs)
+        if inference_only and not self.inference_only and self.trainable != "all":
+            keep = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
+            state = {k: v for k, v in state.items() if k in keep}
+        return state
+
+    def set_state(self, state) -> None:
+        if not (self.inference_only and self.trainable != "all"):
+            return super().set_state(state)
+        from ray.rllib.utils.torch_utils import convert_to_torch_tensor
+
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        trained = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
+        missing = sorted(trained - set(state))
+        if unexpected or missing:
+            raise ValueError(f"weight sync: the state does not fit this module ({len(unexpected)} unexpected, e.g. "
+                             f"{unexpected[:1]}; {len(missing)} trained tensors missing, e.g. {missing[:1]})")
+        self.load_state_dict(convert_to_torch_tensor(state), strict=False)
 
     def load_checkpoint_state(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load :meth:`checkpoint_state`'s tensors; ``ValueError`` naming a missing or unexpected one."""

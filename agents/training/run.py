@@ -11,19 +11,19 @@ The run folder (``out``) gets these files and folders (a rerun overwrites them, 
   :func:`duplexgym.agents.evaluation.export.write_png`.
 
 - ``policy/``: the trained policy as a moshi-loadable checkpoint folder (Kyutai layout:
-  ``model.safetensors``, the tiny Mimi, the text tokenizer, ``config.json``), rewritten at every
-  checkpoint and at the end: ``duplexgym eval --agent moshi:OUT/policy --obs-mode codes
-  --action-mode tokens`` evaluates it;
-- ``checkpoints/iter_XXXX/`` (``XXXX``: iterations done, counted from the start of training): an
-  ``algo.save_to_path`` checkpoint (learner and reference LM weights, Adam state) plus
-  ``grpo_runners.json`` (the env runners' segment RNG and counters, the iterations done and the
-  config). Written after every ``checkpoint_interval``-th iteration and after the last one
-  (``checkpoint_interval: 0``: after the last one only).
+  ``model.safetensors``, the model's Mimi, the text tokenizer, ``config.json``; with ``trainable:
+  lora`` the base weights plus moshi's LoRA file ``lora.safetensors``, which moshi's loaders apply),
+  rewritten at every checkpoint and at the end: ``duplexgym eval --agent moshi:OUT/policy`` evaluates
+  it; ``policy_merged/`` (``lora.export_merged``): the same policy with its adapters merged in;
+- ``checkpoints/iter_XXXX/`` (``XXXX``: iterations done, counted from the start of training): the
+  trained weights and optimizer state as safetensors and the env runners' schedules as JSON
+  (:mod:`duplexgym.agents.training.checkpoints`). Written after every ``checkpoint_interval``-th
+  iteration and after the last one (``checkpoint_interval: 0``: after the last one only).
 
 ``--resume OUT/checkpoints/iter_XXXX`` continues training from such a checkpoint up to
 ``iterations`` (a total, not a number of further iterations), keeping ``metrics.jsonl``'s rows of
-the iterations before it. The checkpoint's ``algorithm``, ``corpus``, ``axes``, ``axis_weights``, ``segments``,
-``group_size``, ``segments_per_iteration``, ``env_runners`` and ``seed`` must equal the config's.
+the iterations before it. The checkpoint's fields in
+:data:`~duplexgym.agents.training.checkpoints.RESUME_KEYS` must equal the config's.
 
 Ray (and :mod:`duplexgym.agents.rllib_train`, which imports it) is imported only after the config
 validated.
@@ -56,6 +56,8 @@ METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.yaml"
 CURVE_NAME = "reward_curve.png"
 POLICY_NAME = "policy"
+#: ``lora.export_merged``: the adapted policy with its adapters merged, a plain checkpoint.
+MERGED_POLICY_NAME = "policy_merged"
 #: Written first into a run folder: what made it (``duplexgym train``); only such a folder is ever
 #: resumed into or, with ``overwrite``, cleared.
 MARK_NAME = "run.json"
@@ -63,7 +65,7 @@ MARK_NAME = "run.json"
 RUN_FILES = (METRICS_NAME, CONFIG_NAME, CURVE_NAME, "reward_curve.svg", MARK_NAME)
 RUN_FOLDERS = ("tensorboard",)
 #: The files ``export_policy`` writes into ``policy/``.
-POLICY_FILES = ("model.safetensors", "mimi.safetensors", "mimi_config.json", "config.json")
+POLICY_FILES = ("model.safetensors", "mimi.safetensors", "mimi_config.json", "config.json", "lora.safetensors")
 
 
 class RunFolderError(ValueError):
@@ -112,11 +114,11 @@ def prepare_run_folder(cfg: TrainConfig, resume: str | Path | None = None, overw
     for folder in (out / CHECKPOINTS_NAME).glob("iter_*"):
         if (folder / META_NAME).is_file() or (folder / LEGACY_RUNNER_STATE_NAME).is_file():
             shutil.rmtree(folder)
-    policy = out / POLICY_NAME
-    if (policy / "config.json").is_file():
-        for name in POLICY_FILES + tuple(p.name for p in policy.glob("*.model")):
-            if (policy / name).is_file():
-                (policy / name).unlink()
+    for policy in (out / POLICY_NAME, out / MERGED_POLICY_NAME):
+        if (policy / "config.json").is_file():
+            for name in POLICY_FILES + tuple(p.name for p in policy.glob("*.model")):
+                if (policy / name).is_file():
+                    (policy / name).unlink()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -153,6 +155,7 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
     _write_atomic(metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
     checkpoints: list[str] = []
     policy = out / POLICY_NAME
+    merged = out / MERGED_POLICY_NAME if cfg.lora is not None and cfg.lora.export_merged else None
 
     def record(algo, m: dict) -> None:
         row = _plain(m)
@@ -165,7 +168,7 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
         if done == cfg.iterations or (cfg.checkpoint_interval and done % cfg.checkpoint_interval == 0):
             path = checkpoint_path(out, done)
             save_training_checkpoint(algo, path, done, cfg.to_dict())
-            export_policy(algo, policy)
+            export_policy(algo, policy, merged)
             checkpoints.append(str(path))
             if on_checkpoint is not None:
                 on_checkpoint(algo, path, done)
@@ -188,7 +191,8 @@ def run_training(cfg: TrainConfig, on_iteration: Callable[[dict], None] | None =
             "wall_s": time.perf_counter() - t0, "resumed_from": start if resume is not None else None,
             "logs": tracker.locations(),
             "files": {"metrics": str(metrics_path), "config": str(out / CONFIG_NAME),
-                      "reward_curve": str(out / CURVE_NAME), "policy": str(policy), "checkpoints": checkpoints}}
+                      "reward_curve": str(out / CURVE_NAME), "policy": str(policy), "checkpoints": checkpoints,
+                      **({"policy_merged": str(merged)} if merged is not None else {})}}
 
 
 def curve_title(cfg: TrainConfig) -> str:
