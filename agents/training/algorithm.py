@@ -109,6 +109,17 @@ class GroupSamplingAlgorithm(Algorithm):
             out += [([episodes[i] for i in order[lo:lo + size]], 1) for lo in range(0, len(order), size)]
         return out
 
+    def _learner_data(self, episodes: list) -> dict:
+        """The data of one learner-group update. One learner: the episodes. Several: one object
+        ref per learner holding its share (RLlib would otherwise slice episodes by length, splitting
+        groups and dropping ``custom_data``: RLLIB.md), from :func:`deal_groups`."""
+        n = len(self.learner_group)  # remote learners (0: the local one)
+        if n <= 1:
+            return {"episodes": episodes}
+        import ray
+
+        return {"episodes_refs": [ray.put(share) for share in deal_groups(episodes, n)]}
+
     def _setup_logdir(self):
         """Trainable makes a fresh ``~/ray_results/<time>`` folder for RLlib's logger, which nothing
         here writes to: use the config's ``run_logdir`` instead (the Ray session's scratch folder,
@@ -172,7 +183,8 @@ class GroupSamplingAlgorithm(Algorithm):
                 e.custom_data["advantage"] = adv
         steps = 0
         for part, epochs in self._updates(episodes, train):
-            learner_results = self.learner_group.update(episodes=part, num_epochs=epochs, minibatch_size=None,
+            learner_results = self.learner_group.update(**self._learner_data(part), num_epochs=epochs,
+                                                        minibatch_size=None,
                                                         timesteps={"num_env_steps_sampled_lifetime": frames})
             self.metrics.aggregate(learner_results, key="learners")
             steps += epochs
@@ -204,6 +216,27 @@ class GroupSamplingAlgorithm(Algorithm):
         self.metrics.log_dict({k: v for k, v in self.last_iteration.items() if k not in ("groups", "segments")},
                               key=RESULT_KEY, window=1)
         return None
+
+
+def deal_groups(episodes: list, n: int) -> list[list]:
+    """``episodes`` dealt to ``n`` learners, equally many each (every learner takes one gradient step
+    per update: DDP steps them together). Whole groups (``custom_data["group"]``) go to one learner
+    as long as the groups divide evenly among them; otherwise (minibatches smaller than a group) the
+    episodes are dealt in order. Advantages were computed over whole groups before this split."""
+    if len(episodes) % n or len(episodes) < n:
+        raise ValueError(f"{len(episodes)} episodes do not split evenly over {n} learners")
+    groups: dict = {}
+    for e in episodes:
+        groups.setdefault(e.custom_data["group"], []).append(e)
+    per = len(episodes) // n
+    shares: list[list] = [[] for _ in range(n)]
+    sizes = sorted({len(g) for g in groups.values()})
+    if len(sizes) == 1 and len(groups) % n == 0:
+        for i, group in enumerate(groups.values()):
+            shares[i % n].extend(group)
+        return shares
+    flat = [e for g in groups.values() for e in g]
+    return [flat[i * per:(i + 1) * per] for i in range(n)]
 
 
 def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None) -> AlgorithmConfig:
@@ -238,11 +271,14 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
     config = (
         config_cls()
         .environment(ENV_NAME, env_config=env_config)
-        .framework("torch")
+        # DDP: parameters outside the loss (the depformer under text-only updates, a frozen part)
+        # get no gradient, which DDP must be told about
+        .framework("torch", torch_ddp_kwargs={"find_unused_parameters": True})
         .env_runners(env_runner_cls=GroupEnvRunner, num_env_runners=int(cfg.env_runners),
                      num_envs_per_env_runner=int(cfg.group_size), sample_timeout_s=None,
-                     gym_env_vectorize_mode="sync")
-        .learners(num_learners=0, learner_class=learner_cls,
+                     gym_env_vectorize_mode="sync", num_gpus_per_env_runner=float(cfg.gpus_per_env_runner))
+        .learners(num_learners=int(cfg.num_learners), num_gpus_per_learner=float(cfg.gpus_per_learner),
+                  num_cpus_per_learner=1, learner_class=learner_cls,
                   learner_connector=lambda obs, act: [connector_cls(), NumpyToTensor()],
                   add_default_connectors_to_learner_pipeline=False)
         .training(lr=cfg.lr, grad_clip=cfg.optimizer.grad_clip, grad_clip_by="global_norm")

@@ -170,7 +170,7 @@ def learner_state(learner) -> tuple[dict, dict]:
     optimizers' hyper-parameters with parameter names. Runs on the learner."""
     import torch
 
-    module = learner.module[MODULE_ID]
+    module = learner.module[MODULE_ID].unwrapped()
     tensors = {f"module/{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.checkpoint_state().items()}
     names = {id(p): n for n, p in module.named_parameters()}
     optimizers = {}
@@ -240,7 +240,7 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
 
 def apply_learner_state(learner, tensors: dict, meta: dict) -> None:
     """Load :func:`learner_state`'s output into a freshly built learner (runs on the learner)."""
-    module = learner.module[MODULE_ID]
+    module = learner.module[MODULE_ID].unwrapped()
     module.load_checkpoint_state({k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")})
     names = {id(p): n for n, p in module.named_parameters()}
     saved = meta.get("optimizers", {})
@@ -322,7 +322,7 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
     from duplexgym.agents.training import adapters
 
     def export(learner):
-        module = learner.module[MODULE_ID]
+        module = learner.module[MODULE_ID].unwrapped()
         models = with_lm(module.model_source(), module.lm)
         if module.trainable != "lora":
             return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)

@@ -37,6 +37,9 @@ A config (relative paths are read from the current working directory, as the oth
     rewards: null                    # null (the env's default spec, text reader) | a reward spec mapping or YAML path
     tracking: {tensorboard: true}    # plus wandb: {...} and/or mlflow: {...}
     env_runners: 0                   # remote env runners (0: sample in the driver)
+    gpus_per_env_runner: 0           # GPUs per env runner (fractional: several runners share one GPU)
+    num_learners: 0                  # remote learners, data-parallel (DDP; 0: learn in the driver)
+    gpus_per_learner: 0              # GPUs per learner (0: CPU)
     seed: 0                          # seeds segment choice and sampling (>= 0)
     checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
     ray_address: null                # null: start a local Ray; an address ("auto", "HOST:PORT", "ray://HOST:PORT"): join that cluster
@@ -314,6 +317,15 @@ class TrainConfig(BaseModel):
     env's default (every axis term, weight 1, the text reader, no dense shaping). A YAML path is read."""
     env_runners: Integer = Field(0, ge=0)
     """Remote env-runner actors (0: sample in the driver process)."""
+    gpus_per_env_runner: Number = Field(0.0, ge=0)
+    """GPUs per env runner (its MoshiAgent and the Mimi decode of the ``vad`` reader run there);
+    fractional values let several runners share one GPU; 0: CPU."""
+    num_learners: Integer = Field(0, ge=0)
+    """Learner actors (RLlib's learner group, data-parallel with torch DDP across GPUs and nodes:
+    gloo on CPU, nccl on GPU); 0: one learner in the driver process. Each update's episodes are
+    dealt out in whole groups, advantages computed before (GRPO only)."""
+    gpus_per_learner: Number = Field(0.0, ge=0)
+    """GPUs per learner (with ``num_learners: 0``, the driver's learner; 0: CPU)."""
     seed: Integer = Field(0, ge=0)
     """Seed of segment choice and sampling (>= 0)."""
     checkpoint_interval: Integer = Field(0, ge=0)
@@ -487,6 +499,17 @@ class TrainConfig(BaseModel):
             raise located("conversation", "only used with env: conversation (set env: conversation, or remove it)")
         if self.lora is not None and self.trainable != "lora":
             raise located("lora", f"only used with trainable: lora (this config trains {self.trainable})")
+        if self.num_learners > 1:
+            if self.algorithm != "grpo":
+                raise located("num_learners", "several learners are wired for grpo (PPO's value loss is not "
+                                              "normalised across learners yet); use num_learners: 0 or 1")
+            per_update = self.minibatch_size or self.episodes_per_iteration
+            if per_update % self.num_learners:
+                raise located("num_learners", f"each update's {per_update} episodes (minibatch_size, else "
+                                              f"segments_per_iteration x group_size) must split evenly over "
+                                              f"{self.num_learners} learners: every learner steps together")
+        if self.gpus_per_learner and self.gpus_per_learner != int(self.gpus_per_learner) and self.num_learners > 1:
+            raise located("gpus_per_learner", "several learners need whole GPUs each (DDP)")
         if self.minibatch_size is not None and self.update_streams != "text":
             raise located("minibatch_size", "minibatches need update_streams: text (the old log-probs of the audio "
                                             "streams are recomputed per update, which would be the updated policy's)")

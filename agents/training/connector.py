@@ -48,8 +48,9 @@ class GroupBatchConnector(ConnectorV2):
         eps = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
         if not eps:
             return batch
-        module = rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module
+        module = (rl_module[DEFAULT_MODULE_ID] if hasattr(rl_module, "keys") else rl_module).unwrapped()
         settings = module.train_settings()
+        self.last_groups = sorted({str(e.custom_data["group"]) for e in eps})  # what this learner was dealt
         cols = build_group_batch([episode_record(e) for e in eps], advantage=settings["advantage"])
         with torch.no_grad():
             t = {k: torch.from_numpy(cols[k]) for k in (AGENT_TOKENS, USER_CODES)}

@@ -33,12 +33,12 @@ def runner_text_weights(algo) -> list[dict[str, np.ndarray]]:
 
 def learner_text_weights(algo) -> dict[str, np.ndarray]:
     """:func:`text_weights` of the (first) learner's LM."""
-    return on_learners(algo, lambda learner: text_weights(learner.module[MODULE_ID]))[0]
+    return on_learners(algo, lambda learner: text_weights(learner.module[MODULE_ID].unwrapped()))[0]
 
 
 def learner_lm(algo):
     """The local learner's trained LM (the object itself)."""
-    return algo.learner_group._learner.module[MODULE_ID].lm
+    return algo.learner_group._learner.module[MODULE_ID].unwrapped().lm
 
 
 def learner_optimizer_state(algo) -> dict:

@@ -17,6 +17,22 @@ import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 
+def data_parallel_scale(local_count: torch.Tensor) -> torch.Tensor | float:
+    """The factor a learner's loss is scaled by under DDP (``world`` learners, each averaging over
+    its ``local_count`` of the batch's ``global_count`` tokens or episodes): ``world * local /
+    global``, so DDP's mean of the learners' gradients is the gradient of the whole batch's loss;
+    1 for a single learner. The counts are all-reduced (one scalar per step)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return 1.0
+    total = local_count.detach().clone().to(torch.float64).cpu()
+    if dist.get_backend() == "nccl":
+        total = total.cuda()
+    dist.all_reduce(total)
+    return float(dist.get_world_size() * local_count.item() / max(total.item(), 1.0))
+
+
 class GroupLearner(TorchLearner):
     """What every learner here shares: the optimizer the config names (Adam or AdamW, over the
     trainable parameters only), the learning rate of each gradient step from the schedule
@@ -27,7 +43,7 @@ class GroupLearner(TorchLearner):
     gradient_steps = 0
 
     def configure_optimizers_for_module(self, module_id, config=None):
-        module = self._module[module_id]
+        module = self._module[module_id].unwrapped()
         opt = module.train_settings()["optimizer"]
         params = [p for p in self.get_parameters(module) if p.requires_grad]  # not the frozen reference
         cls = torch.optim.AdamW if opt["name"] == "adamw" else torch.optim.Adam
@@ -38,7 +54,7 @@ class GroupLearner(TorchLearner):
 
     def current_lr(self, module_id) -> float:
         """The learning rate of the next gradient step."""
-        train = self.module[module_id].train_settings()
+        train = self.module[module_id].unwrapped().train_settings()
         opt = train["optimizer"]
         return learning_rate(self.gradient_steps, int(train["total_steps"]), float(train["lr"]), opt["schedule"],
                              int(opt["warmup_steps"]), float(opt["min_lr"]))
@@ -67,11 +83,12 @@ class GrpoLearner(GroupLearner):
     (:func:`~duplexgym.agents.training.losses.grpo_loss`)."""
 
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        train = self.module[module_id].train_settings()
+        train = self.module[module_id].unwrapped().train_settings()
         cfg = GrpoConfig(group_size=max(2, int(config.num_envs_per_env_runner)), clip_eps=train["clip_eps"],
                          kl_coef=train["kl_coef"], kl_estimator=train["kl"], update_streams=train["update_streams"],
                          normalization=train["normalization"])
         loss, metrics = grpo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[REF_LOGP], batch[ADVANTAGES],
                                   batch[LOSS_MASK].bool(), cfg, kl_exact=fwd_out.get("kl_exact"))
+        count = metrics.pop("norm_count")
         self.log_metrics(module_id, batch, loss, metrics, "grpo_loss")
-        return loss
+        return loss * data_parallel_scale(count)

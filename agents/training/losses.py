@@ -464,8 +464,18 @@ def grpo_loss(
         kl = _kl_tokens_mean(logp_new, logp_ref, mask, norm, cfg.kl_estimator)
 
     loss = policy_loss + cfg.kl_coef * kl
-    metrics = {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **metrics, "tokens": mask.sum()}
+    metrics = {"policy_loss": policy_loss.detach(), "kl": kl.detach(), **metrics, "tokens": mask.sum(),
+               "norm_count": normalizer_count(mask, norm)}
     return loss, metrics
+
+
+def normalizer_count(mask: Tensor, normalization: str) -> Tensor:
+    """What :func:`_masked_mean` divides by: the valid entries (``token``) or the rows holding one
+    (``sequence``). Several learners scale their loss by ``world * local / global`` of it, so that
+    DDP's gradient average equals one learner's gradient over the whole batch."""
+    if normalization == "token":
+        return mask.sum().to(torch.float64)
+    return (mask.reshape(mask.shape[0], -1).sum(dim=1) > 0).sum().to(torch.float64)
 
 
 def _kl_tokens_mean(logp_new: Tensor, logp_ref: Tensor, mask: Tensor, n_tokens: Tensor | str,

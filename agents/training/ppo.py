@@ -100,7 +100,7 @@ class PpoConnector(GroupBatchConnector):
 
 class PpoLearner(GroupLearner):
     def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
-        train = self.module[module_id].train_settings()
+        train = self.module[module_id].unwrapped().train_settings()
         cfg = PpoConfig(clip_eps=train["clip_eps"], vf_coef=train["vf_coef"], update_streams=train["update_streams"])
         mask = batch[LOSS_MASK].bool()
         loss, metrics = ppo_loss(fwd_out["logp"], batch[OLD_LOGP], batch[ADVANTAGES], fwd_out["values"],

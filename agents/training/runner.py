@@ -67,7 +67,7 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             # The agent streams with the RLModule's own LM: weight syncs (load_state_dict, in place)
             # reach the sampler without rebuilding it.
             module = self._module()
-            models = with_lm(module.model_source(), module.lm.eval())
+            models = with_lm(module.model_source(), module.lm.eval(), device=module.lm.device)  # Mimi beside the LM
             seed = int(np.random.SeedSequence([sampling["seed"], 1, self.worker_index]).generate_state(1)[0])
             sampler = module.sampler()
             self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **sampler)
