@@ -72,13 +72,22 @@ def read_audio(path: str | Path, channels: int | None = None, hint: str = "") ->
 
 
 def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample ``[..., N]`` float32 audio from ``rate`` to ``target`` Hz (soxr_hq); float32 out."""
+    """Resample ``[..., N]`` float32 audio from ``rate`` to ``target`` Hz with soxr (``soxr_hq``),
+    each channel on its own, to ``ceil(N * target / rate)`` samples (zero-padded or cut): bit for
+    bit what ``librosa.resample(res_type="soxr_hq")`` returns (tested), without importing librosa
+    (~1 s, and numba) on the scoring path. float32 out."""
+    audio = np.asarray(audio, dtype=np.float32)
     if rate == target:
-        return np.ascontiguousarray(audio, dtype=np.float32)
-    import librosa  # deferred: librosa's import costs ~1 s
+        return np.ascontiguousarray(audio)
+    import soxr
 
-    out = librosa.resample(audio, orig_sr=rate, target_sr=target, res_type="soxr_hq", axis=-1)
-    return np.ascontiguousarray(out, dtype=np.float32)
+    n = int(np.ceil(audio.shape[-1] * (float(target) / rate)))
+    flat = audio.reshape(-1, audio.shape[-1])
+    rows = [soxr.resample(ch, rate, target, quality="soxr_hq") for ch in flat]
+    out = np.zeros((len(rows), n), dtype=np.float32)
+    for row, r in zip(out, rows):
+        row[: min(n, len(r))] = r[:n]
+    return out.reshape(audio.shape[:-1] + (n,))
 
 
 def read_tracks(path: str | Path, channels: int, hint: str = "") -> np.ndarray:

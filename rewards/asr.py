@@ -101,9 +101,9 @@ def transcribe(audio_24k: np.ndarray, model_dir: str | os.PathLike, language: st
     if audio.size == 0:
         check_model_dir(model_dir)
         return []
-    import librosa
+    from duplexgym.corpora.audio import resample
 
-    audio16 = librosa.resample(audio, orig_sr=AUDIO_RATE_HZ, target_sr=WHISPER_RATE_HZ, res_type="soxr_hq")
+    audio16 = resample(audio, AUDIO_RATE_HZ, WHISPER_RATE_HZ)
     return transcribe_16k(audio16, model_dir, language, compute_type, vad_filter)
 
 

@@ -33,6 +33,20 @@ def test_good_stereo_is_resampled_to_24k(tmp_path):
     assert out.shape == (2, 48_000) and out.dtype == np.float32
 
 
+def test_resample_is_librosas_soxr_hq_bit_for_bit():
+    import librosa
+    from duplexgym.corpora.audio import resample
+
+    rng = np.random.default_rng(0)
+    for rate, target in ((24_000, 16_000), (16_000, 24_000), (44_100, 24_000), (8_000, 24_000), (22_050, 16_000)):
+        for shape in ((1,), (7,), (1921,), (2, 24_000 * 2 + 17), (3, 2, 999)):
+            x = (rng.standard_normal(shape) * 0.3).astype(np.float32)
+            want = librosa.resample(x, orig_sr=rate, target_sr=target, res_type="soxr_hq", axis=-1)
+            got = resample(x, rate, target)
+            assert got.dtype == np.float32 and got.shape == want.shape, (rate, target, shape)
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("suffix", [".wav", ".flac"])
 def test_corrupt_file(tmp_path, suffix):
     path = tmp_path / f"corrupt{suffix}"

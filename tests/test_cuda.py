@@ -5,6 +5,8 @@ passed. The same checks as a script there: CPU vs CUDA log-prob gap 7.2e-6 (turn
 (interruption); the tiny Moshi streamed at 362 / 3909 / 9059 frames/s at batch 1 / 16 / 64.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,10 @@ from duplexgym.agents.training.logprobs import episode_model_frames, token_logpr
 from duplexgym.envs.corpus import ReplayCorpus
 from duplexgym.envs.replay import DuplexReplayEnv
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+#: The device these tests run on: CUDA; ``DUPLEXGYM_TEST_DEVICE=cpu`` dry-runs them on the CPU (what
+#: benchmarks/gpu_check.sh will run, checked before GPU time is spent).
+DEVICE = os.environ.get("DUPLEXGYM_TEST_DEVICE", "cuda")
+pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA device")
 
 
 def _play(corpus, segment, batch, device):
@@ -39,16 +44,91 @@ def _play(corpus, segment, batch, device):
 def test_agent_streams_on_cuda_and_log_probs_match_the_cpu(small_corpus, axis):
     corpus = ReplayCorpus(small_corpus)
     segment = sorted(corpus.select((axis,)), key=lambda s: (s.n_frames, s.id))[0].id
-    actions, observations, infos = _play(corpus, segment, 4, "cuda")
+    actions, observations, infos = _play(corpus, segment, 4, DEVICE)
     forced = int(infos[0]["forced_frames"])
     if forced:  # the forced interruption prefix is reproduced on CUDA too
         np.testing.assert_array_equal(actions[0, :, :forced], infos[0]["forced_prefix"].action[:forced].T)
     tokens, user = episode_model_frames(torch.from_numpy(actions), torch.from_numpy(observations))
     logp = {}
-    for device in ("cpu", "cuda"):
+    for device in ("cpu", DEVICE):
         with torch.no_grad():
             logp[device] = token_logprobs(build_tiny_lm(device).eval(), tokens.to(device), user.to(device)).cpu()
-    both = torch.isfinite(logp["cpu"]) & torch.isfinite(logp["cuda"])
-    assert (logp["cpu"] - logp["cuda"])[both].abs().max() < 1e-4
+    both = torch.isfinite(logp["cpu"]) & torch.isfinite(logp[DEVICE])
+    assert (logp["cpu"] - logp[DEVICE])[both].abs().max() < 1e-4
     # every token the CUDA sampler drew (text and codebook 0, unforced frames) is inside its top-k
-    assert torch.isfinite(logp["cuda"][:, :2, max(forced - 1, 0):]).all()
+    assert torch.isfinite(logp[DEVICE][:, :2, max(forced - 1, 0):]).all()
+
+
+def _random_batch(device, seed=0, B=4, T=24):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, 2048, (B, 9, T), generator=g)
+    tokens[:, 0] = torch.randint(0, 32000, (B, T), generator=g)
+    return tokens.to(device), torch.randint(0, 2048, (B, 8, T), generator=g).to(device)
+
+
+def test_lora_reference_and_update_on_cuda_in_bf16():
+    """The learner's LoRA path on the GPU: adapters off is the base LM bit for bit; a bf16-autocast
+    step over fp32 adapters and a bf16 frozen base moves the adapters only."""
+    from duplexgym.agents.training import adapters
+
+    tokens, user = _random_batch(DEVICE)
+    base = build_tiny_lm(DEVICE, torch.bfloat16)
+    lm = build_tiny_lm(DEVICE, torch.bfloat16)
+    adapters.add_lora(lm, ("transformer",), rank=4, scaling=2.0)
+    adapters.freeze_for(lm, "lora", "text")
+    for p in lm.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+
+    def logp(model):
+        with adapters.autocast(torch.device(DEVICE), "bf16"):
+            return torch.nan_to_num(token_logprobs(model, tokens, user, top_k_text=0, top_k=0), nan=0.0)
+
+    with torch.no_grad():
+        want = logp(base)
+        with adapters.adapters_off(lm):
+            assert torch.equal(logp(lm), want)
+    before = {k: v.clone() for k, v in lm.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):  # the first step moves lora_B off 0, the second lora_A too
+        (-logp(lm)[:, 0].mean()).backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {k for k, v in lm.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".lora_A." in k or ".lora_B." in k for k in changed)
+    assert any(".lora_A." in k for k in changed)
+
+
+def test_bf16_agent_streams_on_cuda_and_matches_the_fp32_learner(small_corpus):
+    """The bf16 runner on the GPU: rollouts stream, and the fp32 learner's teacher-forced pass under
+    bf16 autocast is close to the bf16 LM's (the tolerance of tests/test_lora.py on CPU)."""
+    from duplexgym.agents.policies.checkpoint import load_models
+    from duplexgym.agents.training import adapters
+
+    corpus = ReplayCorpus(small_corpus)
+    segment = sorted(corpus.select(("turn",)), key=lambda s: (s.n_frames, s.id))[0]
+    envs = [DuplexReplayEnv(corpus, axes=("turn",)) for _ in range(4)]
+    agent = MoshiAgent(load_models("tiny", device=torch.device(DEVICE), dtype=torch.bfloat16), batch_size=4, seed=0)
+    try:
+        obs, infos = zip(*(env.reset(options={"segment": segment.id}) for env in envs))
+        agent.reset_batch(list(infos))
+        obs = np.stack(obs)
+        actions, observations, done = [], [], False
+        while not done:
+            observations.append(obs)
+            act = agent.act_batch(obs)
+            actions.append(act)
+            steps = [env.step(a) for env, a in zip(envs, act)]
+            obs, done = np.stack([s[0] for s in steps]), steps[0][2]
+    finally:
+        agent.close()
+    tokens, user = episode_model_frames(torch.from_numpy(np.stack(actions, 2)),
+                                        torch.from_numpy(np.stack(observations, 2)))
+    tokens, user = tokens.to(DEVICE), user.to(DEVICE)
+    with torch.no_grad():
+        bf16 = token_logprobs(build_tiny_lm(DEVICE, torch.bfloat16).eval(), tokens, user).float()
+        with adapters.autocast(torch.device(DEVICE), "bf16"):
+            mixed = token_logprobs(build_tiny_lm(DEVICE).eval(), tokens, user).float()
+    both = torch.isfinite(bf16) & torch.isfinite(mixed)
+    d = (bf16 - mixed)[both].abs()
+    assert both[:, 0].any() and d.mean() <= 0.05 and d.max() <= 0.5

@@ -27,7 +27,7 @@ def test_bf16_temporal_run_with_the_vad_reader_rewards_equal_rescoring(small_cor
     seen = []
 
     def on_iteration(algo, m):
-        learner = algo.learner_group._learner.module[MODULE_ID]
+        learner = algo.learner_group._learner.module[MODULE_ID].unwrapped()
         dtypes = sampling_runners(algo, lambda r: {p.dtype for p in r._module().lm.parameters()})
         seen.append((m, list(algo.last_episodes), {k: v.detach().clone() for k, v in learner.lm.state_dict().items()},
                      {p.dtype for p in learner.lm.parameters()}, {p.dtype for p in learner.ref_lm.parameters()},
@@ -40,11 +40,13 @@ def test_bf16_temporal_run_with_the_vad_reader_rewards_equal_rescoring(small_cor
     scored = 0
     for m, episodes, lm, learner_dtypes, ref_dtypes, runner_dtypes in seen:
         assert np.isfinite(m["loss"]) and m["failed_episodes"] == 0
-        assert learner_dtypes == {torch.float32} and ref_dtypes == {torch.bfloat16}
+        assert learner_dtypes == {torch.float32, torch.bfloat16} and ref_dtypes == {torch.bfloat16}
         assert all(d == {torch.bfloat16} for d in runner_dtypes)  # rollouts in bf16
-        for k, v in lm.items():  # temporal: the depformer never moves
+        for k, v in lm.items():  # temporal: the depformer never moves (kept in bf16 by the learner)
             if k.split(".")[0] in DEPFORMER_CHILDREN:
-                assert torch.equal(v, base[k]), k
+                assert v.dtype == torch.bfloat16 and torch.equal(v, base[k].to(torch.bfloat16)), k
+            else:
+                assert v.dtype == torch.float32, k  # fp32 master weights of what it trains
         for e in episodes:
             obs, info = env.reset(options={"segment": e.custom_data["segment"]})
             total = 0.0

@@ -47,6 +47,11 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         freeze_for(lm, self.trainable, streams)
         if self.inference_only and self.dtype == "bf16":
             lm = lm.to(DTYPES["bf16"])  # rollouts in bf16; the learner keeps fp32 master weights
+        elif self.dtype == "bf16":  # the learner: fp32 master weights for what it trains, bf16 for the rest
+            with torch.no_grad():
+                for p in lm.parameters():
+                    if not p.requires_grad:
+                        p.data = p.data.to(DTYPES["bf16"])
         self.lm = lm
         if not self.inference_only and self.trainable != "lora":  # LoRA: the reference is the LM, adapters off
             self.ref_lm = load_policy_lm(self.model_source(), dtype=DTYPES[self.dtype])
@@ -105,14 +110,20 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         return {k: v for k, v in state.items() if k in keep}
 
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
-        """RLlib's state; for the runners' weight sync (``inference_only``) with ``trainable`` other
-        than ``all``, only the trained tensors travel (the runners build the same frozen rest)."""
-        state = super().get_state(components, not_components=not_components, inference_only=inference_only,
-                                  **kwargs)
-        if inference_only and not self.inference_only and self.trainable != "all":
-            keep = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
-            state = {k: v for k, v in state.items() if k in keep}
-        return state
+        """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
+        weight sync (``inference_only``): without the learner-only attributes, and with
+        ``trainable`` other than ``all`` only the trained tensors (the runners build the same
+        frozen rest)."""
+        from ray.rllib.utils.numpy import convert_to_numpy
+
+        state = self.state_dict()
+        if inference_only and not self.inference_only:
+            dropped = tuple(self.get_non_inference_attributes())
+            state = {k: v for k, v in state.items() if k.split(".", 1)[0] not in dropped}
+            if self.trainable != "all":
+                keep = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
+                state = {k: v for k, v in state.items() if k in keep}
+        return convert_to_numpy({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()})
 
     def set_state(self, state) -> None:
         if not (self.inference_only and self.trainable != "all"):

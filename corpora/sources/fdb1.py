@@ -382,7 +382,7 @@ def _sample(task: str, axis: str, sample_dir: Path, human_backchannels: dict | N
 
 
 def _samples_at_24k(path: Path) -> int:
-    """Length at 24 kHz from the header alone, as ``read_tracks`` (soxr via librosa) returns it."""
+    """Length at 24 kHz from the header alone, as ``read_tracks`` (soxr) returns it."""
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
