@@ -22,10 +22,10 @@ DEVICE = os.environ.get("DUPLEXGYM_TEST_DEVICE", "cuda")
 pytestmark = pytest.mark.skipif(DEVICE == "cuda" and not torch.cuda.is_available(), reason="no CUDA device")
 
 
-def _play(corpus, segment, batch, device):
+def _play(corpus, segment, batch, device, dtype=torch.float32):
     """One group of ``batch`` rollouts of ``segment``: actions ``[B, 9, N]``, observations ``[B, 8, N]``."""
     envs = [DuplexReplayEnv(corpus, axes=(corpus.by_id[segment].axis,)) for _ in range(batch)]
-    agent = MoshiAgent("tiny", batch_size=batch, seed=0, device=device)
+    agent = MoshiAgent("tiny", batch_size=batch, seed=0, device=device, dtype=dtype)
     obs, infos = zip(*(env.reset(options={"segment": segment}) for env in envs))
     agent.reset_batch(list(infos))
     obs = np.stack(obs)
@@ -102,28 +102,12 @@ def test_lora_reference_and_update_on_cuda_in_bf16():
 def test_bf16_agent_streams_on_cuda_and_matches_the_fp32_learner(small_corpus):
     """The bf16 runner on the GPU: rollouts stream, and the fp32 learner's teacher-forced pass under
     bf16 autocast is close to the bf16 LM's (the tolerance of tests/test_lora.py on CPU)."""
-    from duplexgym.agents.policies.checkpoint import load_models
     from duplexgym.agents.training import adapters
 
     corpus = ReplayCorpus(small_corpus)
-    segment = sorted(corpus.select(("turn",)), key=lambda s: (s.n_frames, s.id))[0]
-    envs = [DuplexReplayEnv(corpus, axes=("turn",)) for _ in range(4)]
-    agent = MoshiAgent(load_models("tiny", device=torch.device(DEVICE), dtype=torch.bfloat16), batch_size=4, seed=0)
-    try:
-        obs, infos = zip(*(env.reset(options={"segment": segment.id}) for env in envs))
-        agent.reset_batch(list(infos))
-        obs = np.stack(obs)
-        actions, observations, done = [], [], False
-        while not done:
-            observations.append(obs)
-            act = agent.act_batch(obs)
-            actions.append(act)
-            steps = [env.step(a) for env, a in zip(envs, act)]
-            obs, done = np.stack([s[0] for s in steps]), steps[0][2]
-    finally:
-        agent.close()
-    tokens, user = episode_model_frames(torch.from_numpy(np.stack(actions, 2)),
-                                        torch.from_numpy(np.stack(observations, 2)))
+    segment = sorted(corpus.select(("turn",)), key=lambda s: (s.n_frames, s.id))[0].id
+    actions, observations, _ = _play(corpus, segment, 4, DEVICE, torch.bfloat16)
+    tokens, user = episode_model_frames(torch.from_numpy(actions), torch.from_numpy(observations))
     tokens, user = tokens.to(DEVICE), user.to(DEVICE)
     with torch.no_grad():
         bf16 = token_logprobs(build_tiny_lm(DEVICE, torch.bfloat16).eval(), tokens, user).float()
