@@ -13,7 +13,7 @@ run: setup
 	.venv/bin/duplexgym train --config configs/grpo_tiny.yaml --overwrite
 
 test: setup
-	.venv/bin/python -m pytest -q tests
+	.venv/bin/python -m pytest -q --durations=25 tests
 
 bench: setup
 	.venv/bin/python benchmarks/corpus_build.py

@@ -1,5 +1,6 @@
 """Several learners (RLlib's learner group, torch DDP over gloo on CPU): the episodes of an update are
-dealt in whole groups, and two learners give the update one learner gives on the same batch."""
+dealt in whole groups, and two learners give the update one learner gives on the same batch (here
+with ``trainable: temporal``: the frozen depformer stays put)."""
 
 import types
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from duplexgym.agents.policies.checkpoint import build_tiny_lm
+from duplexgym.agents.training.adapters import DEPFORMER_CHILDREN
 from duplexgym.agents.training.algorithm import deal_groups
 from duplexgym.agents.training.config import TrainConfigError, load_train_config
 
@@ -32,6 +34,43 @@ def test_deal_groups_keeps_groups_whole_and_shares_equal():
         deal_groups(_eps(1, 3), 2)
 
 
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_the_data_parallel_scale_makes_the_mean_of_shard_gradients_the_batch_gradient(normalization):
+    """What DDP computes with two learners (each the gradient of its shard's loss times
+    ``world x local / global`` of the normaliser, then averaged), equals the gradient of the whole
+    batch's loss: episodes of unequal lengths and masks, both normalisations (the Ray run below
+    checks the same end to end with gloo for ``token``)."""
+    from duplexgym.agents.training.losses import GrpoConfig, grpo_loss, normalizer_count
+
+    g = torch.Generator().manual_seed(0)
+    B, T = 6, 11
+    theta = torch.randn(B, 9, T, generator=g, dtype=torch.float64)
+    old, ref = -torch.rand(B, 9, T, generator=g, dtype=torch.float64), -torch.rand(B, 9, T, generator=g,
+                                                                                   dtype=torch.float64)
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([11, 3, 7, 11, 5, 9])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    mask[2, :2] = False  # a forced prefix
+    mask[1] = False  # a failed episode: the shards hold unequal numbers of episodes too
+    cfg = GrpoConfig(group_size=2, clip_eps=0.2, kl_coef=0.05, normalization=normalization)
+
+    def grad(rows, scale=None):
+        p = theta.clone().requires_grad_(True)
+        loss, m = grpo_loss(p[rows] * 0.1 + old[rows], old[rows], ref[rows], adv[rows], mask[rows], cfg)
+        (loss * (1.0 if scale is None else scale(m["norm_count"]))).backward()
+        return p.grad
+
+    whole = grad(torch.arange(B))
+    shards = (torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]))
+    counts = [normalizer_count(mask[r][:, None].expand(-1, 9, -1) & (torch.arange(9) == 0)[None, :, None],
+                               normalization) for r in shards]
+    total = sum(counts)
+    averaged = sum(grad(r, lambda c: 2 * c / total) for r in shards) / 2
+    torch.testing.assert_close(averaged, whole, rtol=1e-6, atol=1e-9)  # grpo_loss computes in float32
+    naive = sum(grad(r) for r in shards) / 2  # each learner's own mean: not the batch's gradient
+    assert (naive - whole).abs().max() > 1e-4
+
+
 def test_learner_config_checks(small_corpus, tmp_path):
     base = {"corpus": str(small_corpus), "out": str(tmp_path / "run"), "group_size": 2, "segments_per_iteration": 3}
     with pytest.raises(TrainConfigError, match="^num_learners: each update's 6 episodes .* split evenly over 4"):
@@ -45,8 +84,8 @@ def test_learner_config_checks(small_corpus, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("normalization", ["token", "sequence"])
-def test_two_learners_update_like_one_on_the_same_batch(small_corpus, tmp_path, normalization):
+def test_two_learners_update_like_one_on_the_same_batch(small_corpus, tmp_path):
+    normalization = "token"
     from duplexgym.agents.training import driver
     from duplexgym.agents.training.checkpoints import MODULE_ID, on_learners
 
@@ -54,7 +93,8 @@ def test_two_learners_update_like_one_on_the_same_batch(small_corpus, tmp_path, 
         cfg = load_train_config({"corpus": str(small_corpus), "out": str(tmp_path / f"run{num_learners}"),
                                  "group_size": 2, "segments_per_iteration": 2, "iterations": 1,
                                  "axes": ["turn", "pause"], "lr": LR, "seed": 4, "num_learners": num_learners,
-                                 "normalization": normalization, "rewards": {"dense": {"weight": 1.0}}})
+                                 "normalization": normalization, "rewards": {"dense": {"weight": 1.0}},
+                                 "trainable": "temporal"})
         seen = {}
 
         def on_iteration(algo, m):
@@ -76,6 +116,9 @@ def test_two_learners_update_like_one_on_the_same_batch(small_corpus, tmp_path, 
     assert all(torch.equal(a[k], b[k]) for k in a)  # DDP keeps the learners equal
     base = build_tiny_lm().state_dict()
     assert [k for k in a if not torch.equal(a[k], base[k])], "nothing was updated"
+    for k in a:  # trainable: temporal, text updates: the depformer stays where it was (DDP with unused parameters)
+        if k.split(".")[0] in DEPFORMER_CHILDREN:
+            assert torch.equal(a[k], base[k]) and torch.equal(one["lm"][0][k], base[k]), k
     # Adam's first step is lr * g / (|g| + eps): where |g| is near eps, the float rounding of a
     # gradient summed in two halves shows; measured at lr 1e-3: 1.08e-5 at most (1.1% of a step)
     worst = max(float((one["lm"][0][k] - a[k]).abs().max()) for k in a)

@@ -154,21 +154,31 @@ def test_lora_and_dtype_config_checks(small_corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_lora_run_moves_only_adapters_syncs_them_exports_and_resumes(small_corpus, tmp_path):
+def test_lora_bf16_run_with_the_vad_reader_moves_only_adapters_syncs_exports_and_resumes(small_corpus, tmp_path):
+    """One run covers the real-size path on the tiny model: ``trainable: lora``, ``dtype: bf16``
+    (runners in bf16; the learner's frozen base in bf16, its adapters fp32 master weights) and the
+    paper's audio reward (``activity: {reader: vad}``: rollouts decoded with Mimi, read with silero),
+    whose rewards equal a rescoring of the same rollouts' records."""
     from duplexgym.agents.training.checkpoints import MODULE_ID, on_learners, sampling_runners
     from duplexgym.agents.training.run import run_training
+    from duplexgym.envs.replay import DuplexReplayEnv
+    from duplexgym.rewards.scoring import score_episode
+    from duplexgym.rewards.spec import load_spec
     from safetensors.torch import load_file
+
+    rewards = {"activity": {"reader": "vad"}, "dense": {"weight": 1.0}}
 
     def cfg(out, **kw):
         return load_train_config({"corpus": str(small_corpus), "out": str(out), "group_size": 4,
                                   "segments_per_iteration": 1, "iterations": 2, "axes": ["turn"], "lr": 1e-2,
-                                  "trainable": "lora", "lora": {"rank": 4, "export_merged": True},
-                                  "rewards": {"dense": {"weight": 1.0}}, "checkpoint_interval": 1, "seed": 1, **kw})
+                                  "trainable": "lora", "lora": {"rank": 4, "export_merged": True}, "dtype": "bf16",
+                                  "rewards": rewards, "checkpoint_interval": 1, "seed": 1, **kw})
 
     base = build_tiny_lm().state_dict()
-    saved, synced = {}, {}
+    saved, synced, episodes = {}, {}, []
 
     def on_checkpoint(algo, path, done):
+        episodes.extend(algo.last_episodes)
         saved[done] = {"path": path, **on_learners(algo, lambda learner: {
             "state": {k: v.detach().clone() for k, v in learner.module[MODULE_ID].lm.state_dict().items()},
             "has_ref": hasattr(learner.module[MODULE_ID], "ref_lm"),
@@ -178,20 +188,35 @@ def test_lora_run_moves_only_adapters_syncs_them_exports_and_resumes(small_corpu
 
     full = run_training(cfg(tmp_path / "full"), on_checkpoint=on_checkpoint)
     assert all(np.isfinite(r["loss"]) for r in full["iterations"])
+    # the vad reader's rewards are what rescoring the same rollouts gives
+    env = DuplexReplayEnv(small_corpus, axes=("turn",), obs_mode="codes", action_mode="tokens", rewards=rewards)
+    spec = load_spec(rewards)
+    for e in episodes:
+        env.reset(options={"segment": e.custom_data["segment"]})
+        total = 0.0
+        for a in e.get_actions():
+            _, r, done, _, info = env.step(a)
+            total += r
+        assert done and total == pytest.approx(e.custom_data["reward"], abs=1e-9)
+        assert score_episode(env.episode_record(), spec)["reward"] == pytest.approx(info["reward_terms"]["reward"],
+                                                                                   abs=1e-12)
+    assert len(episodes) == 8
     state = saved[2]["state"]
     assert not saved[2]["has_ref"]  # no second copy of the LM
+    for k, v in state.items():  # fp32 master weights of the adapters, the frozen base in bf16
+        assert v.dtype == (torch.float32 if ".lora_" in k else torch.bfloat16), k
     keys = saved[2]["sync_keys"]  # a weight sync carries the adapters only
     assert keys and all(k.startswith("lm.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
     for k, v in state.items():
         plain = k.replace(".frozen_W.", ".")
         if ".lora_" in k:
             continue
-        assert torch.equal(v, base[plain]), f"{k}: a frozen weight moved"
+        assert torch.equal(v, base[plain].to(torch.bfloat16)), f"{k}: a frozen weight moved"
     moved = [k for k, v in state.items() if ".lora_B." in k and v.abs().max() > 0]
     assert moved, "no adapter moved"
-    for runner_state in synced[2]:  # the runners sample with the learner's adapters
+    for runner_state in synced[2]:  # the runners sample in bf16 with the learner's adapters
         for k, v in state.items():
-            assert torch.equal(runner_state[k], v), k
+            assert runner_state[k].dtype == torch.bfloat16 and torch.equal(runner_state[k], v.to(torch.bfloat16)), k
     ckpt = load_file(str(saved[1]["path"] / "module.safetensors"))
     assert ckpt and all(".lora_A." in k or ".lora_B." in k for k in ckpt)  # only what the run trains
     # the exported policy: base weights + moshi's LoRA file; the merged folder beside it
@@ -200,7 +225,7 @@ def test_lora_run_moves_only_adapters_syncs_them_exports_and_resumes(small_corpu
     batch = _batch(4)
     trained = build_tiny_lm()
     adapters.add_lora(trained, ("transformer",), 4, 2.0)
-    trained.load_state_dict(state)
+    trained.load_state_dict(state)  # float32 (the bf16 base's values exactly)
     want = _logp(trained, batch)
     for folder in (policy, merged):
         torch.testing.assert_close(_logp(load_models(folder).lm, batch), want, rtol=0, atol=2e-4)
