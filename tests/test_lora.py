@@ -151,6 +151,12 @@ def test_lora_and_dtype_config_checks(small_corpus, tmp_path):
     raw = yaml.safe_load((Path(__file__).parent.parent / "configs" / "lora_tiny.yaml").read_text())
     shipped = load_train_config({**raw, **base})
     assert shipped.trainable == "lora" and shipped.lora.rank == 8 and shipped.lora.export_merged
+    from duplexgym.agents.training.plan import format_plan, training_plan
+
+    plan = training_plan(load_train_config({**raw, **base, "dtype": "bf16", "num_learners": 2,
+                                            "gpus_per_learner": 1}))
+    assert plan["trainable"] == "lora" and plan["lora"]["rank"] == 8 and plan["devices"]["num_learners"] == 2
+    assert "trains lora r 8 x 2 on transformer in bf16; 2 learners (DDP) 1 GPU each" in format_plan(plan)
 
 
 @pytest.mark.slow

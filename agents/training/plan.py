@@ -114,6 +114,10 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
         "loss": {"advantage": getattr(cfg, "advantage", None), "kl": cfg.kl, "kl_coef": cfg.kl_coef,
                  "clip_eps": cfg.clip_eps, "normalization": cfg.normalization, "update_streams": cfg.update_streams},
         "reader": spec.activity.reader,
+        "trainable": cfg.trainable, "lora": None if cfg.lora is None else cfg.lora.model_dump(mode="json"),
+        "dtype": cfg.dtype,
+        "devices": {"env_runners": cfg.env_runners, "gpus_per_env_runner": cfg.gpus_per_env_runner,
+                    "num_learners": cfg.num_learners, "gpus_per_learner": cfg.gpus_per_learner},
         "lead_in_frames": lead_frames,
         "context": {**cfg.context.model_dump(), "expected_frames_first": per_iter_ctx[0],
                     "expected_frames_last": per_iter_ctx[-1]},
@@ -138,6 +142,17 @@ def format_plan(plan: dict) -> str:
                  f"min {opt['min_lr']:g}), betas {tuple(opt['betas'])}, weight decay {opt['weight_decay']:g}, "
                  f"grad clip {opt['grad_clip'] if opt['grad_clip'] is not None else 'none'}")
     loss = plan["loss"]
+    lora, dev = plan["lora"], plan["devices"]
+    trained = (f"lora r {lora['rank']} x {lora['scaling']:g} on {', '.join(lora['modules'] or ['the default linears'])}"
+               if lora else plan["trainable"])
+    def on(gpus: float) -> str:
+        return f"{gpus:g} GPU each" if gpus else "on CPU"
+
+    learners = f"{dev['num_learners']} learners (DDP)" if dev["num_learners"] > 1 else (
+        "1 remote learner" if dev["num_learners"] else "the driver's learner")
+    runners = f"{dev['env_runners']} env runner(s)" if dev["env_runners"] else "sampling in the driver"
+    lines.append(f"  trains {trained} in {plan['dtype']}; {learners} {on(dev['gpus_per_learner'])}, {runners} "
+                 f"{on(dev['gpus_per_env_runner'])}")
     lines.append(f"  loss: advantage {loss['advantage']}, kl {loss['kl']} x {loss['kl_coef']:g}, clip "
                  f"{loss['clip_eps']:g}, {loss['normalization']} normalisation, streams {loss['update_streams']}; "
                  f"reader {plan['reader']}")
