@@ -79,6 +79,8 @@ def test_learner_config_checks(small_corpus, tmp_path):
         load_train_config({**base, "num_learners": 2, "algorithm": "ppo"})
     with pytest.raises(TrainConfigError, match="^gpus_per_learner: several learners need whole GPUs"):
         load_train_config({**base, "num_learners": 2, "gpus_per_learner": 0.5})
+    with pytest.raises(TrainConfigError, match="^minibatch_size: with several learners the iteration's 6 episodes"):
+        load_train_config({**base, "num_learners": 2, "minibatch_size": 4})
     cfg = load_train_config({**base, "num_learners": 2, "gpus_per_env_runner": 0.25})
     assert cfg.num_learners == 2 and cfg.gpus_per_env_runner == 0.25
 

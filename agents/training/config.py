@@ -504,6 +504,9 @@ class TrainConfig(BaseModel):
                 raise located("num_learners", "several learners are wired for grpo (PPO's value loss is not "
                                               "normalised across learners yet); use num_learners: 0 or 1")
             per_update = self.minibatch_size or self.episodes_per_iteration
+            if self.minibatch_size and self.episodes_per_iteration % self.minibatch_size:
+                raise located("minibatch_size", f"with several learners the iteration's {self.episodes_per_iteration} "
+                                                f"episodes must split into whole minibatches of {self.minibatch_size}")
             if per_update % self.num_learners:
                 raise located("num_learners", f"each update's {per_update} episodes (minibatch_size, else "
                                               f"segments_per_iteration x group_size) must split evenly over "
