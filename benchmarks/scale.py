@@ -181,18 +181,12 @@ def learner_step(size: str, trainable: str, G: int, frames: int, device: torch.d
     reset_peak(device)
     out = {"trainable": trainable}
     try:
-        lm = build_lm(size, device, torch.bfloat16)
+        # as the RLModule prepares its learner's LM: fp32 master weights of what trains, bf16 the rest
+        lm = adapters.prepare(build_lm(size, device, torch.bfloat16), trainable, "text", LORA, "bf16", learner=True)
         ref = None
-        if trainable == "lora":
-            adapters.add_lora(lm, LORA["modules"], LORA["rank"], LORA["scaling"])
-            adapters.freeze_for(lm, "lora", "text")
-            for p in lm.parameters():
-                if p.requires_grad:
-                    p.data = p.data.float()  # fp32 adapters, bf16 frozen base
-        else:
+        if trainable != "lora":
             ref = build_lm(size, device, torch.bfloat16)
             ref.requires_grad_(False)
-            lm = lm.float()  # fp32 master weights
         params = [p for p in lm.parameters() if p.requires_grad]
         out["trained_params"] = sum(p.numel() for p in params)
         opt = torch.optim.AdamW(params, lr=1e-6, betas=(0.9, 0.95), weight_decay=0.1)
@@ -243,8 +237,7 @@ def weight_sync(trained: dict, size: str, device: torch.device) -> dict:
     """The trained tensors into a runner's bf16 LM on the same device: direct copy vs numpy."""
     from duplexgym.agents.training import adapters
 
-    runner = build_lm(size, device, torch.bfloat16)
-    adapters.add_lora(runner, LORA["modules"], LORA["rank"], LORA["scaling"])
+    runner = adapters.prepare(build_lm(size, device, torch.bfloat16), "lora", "text", LORA, "bf16", learner=False)
     nbytes = sum(v.numel() * v.element_size() for v in trained.values())
     sync(device)
     t0 = time.perf_counter()

@@ -73,12 +73,8 @@ def test_lora_reference_and_update_on_cuda_in_bf16():
 
     tokens, user = _random_batch(DEVICE)
     base = build_tiny_lm(DEVICE, torch.bfloat16)
-    lm = build_tiny_lm(DEVICE, torch.bfloat16)
-    adapters.add_lora(lm, ("transformer",), rank=4, scaling=2.0)
-    adapters.freeze_for(lm, "lora", "text")
-    for p in lm.parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    lm = adapters.prepare(build_tiny_lm(DEVICE), "lora", "text", {"rank": 4, "scaling": 2.0, "modules": ["transformer"]},
+                          "bf16", learner=True)
 
     def logp(model):
         with adapters.autocast(torch.device(DEVICE), "bf16"):

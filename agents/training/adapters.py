@@ -42,8 +42,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 DEPFORMER_CHILDREN = ("depformer_in", "depformer_emb", "depformer_text_emb", "depformer_norms", "depformer",
                       "linears")
 #: Children of ``LMModel`` whose linears can carry adapters (``lora.modules``).
-LORA_CHILDREN = ("transformer", "text_linear") + tuple(c for c in DEPFORMER_CHILDREN if c in ("depformer_in",
-                                                                                              "depformer", "linears"))
+LORA_CHILDREN = ("transformer", "text_linear", "depformer_in", "depformer", "linears")
 
 
 def default_lora_modules(update_streams: str) -> tuple[str, ...]:
@@ -66,7 +65,7 @@ def add_lora(lm: nn.Module, modules: tuple[str, ...], rank: int, scaling: float)
             setattr(lm, name, holder.only)
         else:
             replace_all_linear_with_lora(child, rank, scaling)
-    wrapped = [m for m in lm.modules() if isinstance(m, LoRALinear)]
+    wrapped = lora_layers(lm)
     with torch.no_grad():
         for m in wrapped:
             nn.init.kaiming_uniform_(m.lora_A.weight, a=5 ** 0.5)
@@ -82,14 +81,38 @@ def freeze_for(lm: nn.Module, trainable: str, update_streams: str) -> None:
         if trainable == "all":
             p.requires_grad_(True)
         elif trainable == "lora":
-            p.requires_grad_(".lora_A." in name or ".lora_B." in name or name.startswith(("lora_A.", "lora_B.")))
+            p.requires_grad_(is_adapter(name))
         else:
             in_depformer = name.split(".", 1)[0] in DEPFORMER_CHILDREN
             p.requires_grad_(not in_depformer or update_streams != "text")
 
 
+def is_adapter(name: str) -> bool:
+    """Whether the parameter or state key ``name`` is one of a LoRALinear's adapter weights."""
+    return ".lora_A." in name or ".lora_B." in name
+
+
 def lora_layers(lm: nn.Module) -> list[LoRALinear]:
     return [m for m in lm.modules() if isinstance(m, LoRALinear)]
+
+
+def prepare(lm: nn.Module, trainable: str, update_streams: str, lora: dict | None, dtype: str,
+            learner: bool) -> nn.Module:
+    """``lm`` as a run trains it (in place, returned): adapters added (``trainable: lora``, with
+    ``lora`` = the config's ``{rank, scaling, modules}``), ``requires_grad`` set (:func:`freeze_for`)
+    and the precision of ``dtype``: with bf16 a runner's LM is all bf16, a learner's trained
+    parameters are fp32 master weights and its frozen ones bf16."""
+    if trainable == "lora":
+        add_lora(lm, tuple(lora["modules"] or default_lora_modules(update_streams)), int(lora["rank"]),
+                 float(lora["scaling"]))
+    freeze_for(lm, trainable, update_streams)
+    if dtype == "bf16" and not learner:
+        return lm.to(DTYPES["bf16"])
+    if dtype == "bf16":
+        with torch.no_grad():
+            for p in lm.parameters():
+                p.data = p.data.to(torch.float32 if p.requires_grad else DTYPES["bf16"])
+    return lm
 
 
 @contextlib.contextmanager
@@ -113,8 +136,7 @@ def trainable_state(lm: nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
 
 def base_state(lm: nn.Module) -> dict[str, torch.Tensor]:
     """The LM without its adapters, under the base LM's names (``x.frozen_W.weight`` -> ``x.weight``)."""
-    return {k.replace(".frozen_W.", ".") if ".frozen_W." in k else k.replace("frozen_W.", ""): v
-            for k, v in lm.state_dict().items() if ".lora_A." not in k and ".lora_B." not in k}
+    return {k.replace(".frozen_W.", "."): v for k, v in lm.state_dict().items() if not is_adapter(k)}
 
 
 def lora_file_tensors(lm: nn.Module, empty_lm: nn.Module, rank: int) -> dict[str, torch.Tensor]:

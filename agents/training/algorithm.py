@@ -228,14 +228,12 @@ def deal_groups(episodes: list, n: int) -> list[list]:
     groups: dict = {}
     for e in episodes:
         groups.setdefault(e.custom_data["group"], []).append(e)
-    per = len(episodes) // n
-    shares: list[list] = [[] for _ in range(n)]
-    sizes = sorted({len(g) for g in groups.values()})
-    if len(sizes) == 1 and len(groups) % n == 0:
+    if len({len(g) for g in groups.values()}) == 1 and len(groups) % n == 0:
+        shares: list[list] = [[] for _ in range(n)]
         for i, group in enumerate(groups.values()):
             shares[i % n].extend(group)
         return shares
-    flat = [e for g in groups.values() for e in g]
+    per, flat = len(episodes) // n, [e for g in groups.values() for e in g]
     return [flat[i * per:(i + 1) * per] for i in range(n)]
 
 

@@ -326,8 +326,8 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
         models = with_lm(module.model_source(), module.lm)
         if module.trainable != "lora":
             return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)
-        lora = module.train_settings()["lora"] or {}
-        rank, scaling = int(lora.get("rank", 16)), float(lora.get("scaling", 2.0))
+        lora = module.train_settings()["lora"]  # the validated LoraConfig, defaults filled in
+        rank, scaling = int(lora["rank"]), float(lora["scaling"])
         tensors = adapters.lora_file_tensors(module.lm, _empty_lm(models.lm_kwargs), rank)
         folder = save_checkpoint(adapters.base_state(module.lm), models.mimi, models.text_tokenizer, out_dir,
                                  models.lm_kwargs, lora={"tensors": tensors, "rank": rank, "scaling": scaling})

@@ -651,13 +651,18 @@ def _check_corpus(cfg: TrainConfig) -> None:
                                        "`duplexgym corpus build ... --context-s 30` (or set context.p: 0)")
 
 
+def make_live_env(corpus, rewards, conversation: dict):
+    """The live env of ``env: conversation`` as a run builds it (config check, plan, env runners):
+    Conversation-v0 with codes in and tokens out, ``conversation`` = :meth:`ConversationConfig.env_kwargs`."""
+    from duplexgym.envs.conversation import ConversationEnv
+
+    return ConversationEnv(corpus, obs_mode="codes", action_mode="tokens", rewards=rewards, **conversation)
+
+
 def _check_conversation(cfg: TrainConfig, corpus) -> None:
     """``env: conversation``: the live env the runners will build, built once here (corpus codec and
     silence codes, user source, script, dialogue ids, user timing, scoring, judge: its own checks)."""
-    from duplexgym.envs.conversation import ConversationEnv
-
     try:
-        ConversationEnv(corpus, obs_mode="codes", action_mode="tokens", rewards=cfg.rewards,
-                        **cfg.conversation.env_kwargs()).close()
+        make_live_env(corpus, cfg.rewards, cfg.conversation.env_kwargs()).close()
     except (ValueError, TypeError, OSError) as exc:
         raise located("conversation", str(exc)) from None

@@ -17,7 +17,7 @@ import torch
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 
-def data_parallel_scale(local_count: torch.Tensor) -> torch.Tensor | float:
+def data_parallel_scale(local_count: torch.Tensor) -> float:
     """The factor a learner's loss is scaled by under DDP (``world`` learners, each averaging over
     its ``local_count`` of the batch's ``global_count`` tokens or episodes): ``world * local /
     global``, so DDP's mean of the learners' gradients is the gradient of the whole batch's loss;
@@ -26,9 +26,8 @@ def data_parallel_scale(local_count: torch.Tensor) -> torch.Tensor | float:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
         return 1.0
-    total = local_count.detach().clone().to(torch.float64).cpu()
-    if dist.get_backend() == "nccl":
-        total = total.cuda()
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # nccl reduces device tensors only
+    total = local_count.detach().to(device=device, dtype=torch.float64, copy=True)
     dist.all_reduce(total)
     return float(dist.get_world_size() * local_count.item() / max(total.item(), 1.0))
 

@@ -14,14 +14,7 @@ from __future__ import annotations
 
 import torch
 from duplexgym.agents.policies.checkpoint import load_policy_lm
-from duplexgym.agents.training.adapters import (
-    DTYPES,
-    adapters_off,
-    add_lora,
-    autocast,
-    default_lora_modules,
-    freeze_for,
-)
+from duplexgym.agents.training.adapters import DTYPES, adapters_off, autocast, prepare
 from duplexgym.agents.training.batch import AGENT_TOKENS, USER_CODES
 from duplexgym.agents.training.logprobs import token_logprobs
 from duplexgym.agents.training.losses import exact_kl
@@ -38,20 +31,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
     def setup(self):
         train = (self.model_config or {}).get("train") or {}
         self.trainable, self.dtype = train.get("trainable", "all"), train.get("dtype", "fp32")
-        streams = train.get("update_streams", "text")
-        lm = load_policy_lm(self.model_source())
-        if self.trainable == "lora":
-            lora = train.get("lora") or {}
-            add_lora(lm, tuple(lora.get("modules") or default_lora_modules(streams)), int(lora.get("rank", 16)),
-                     float(lora.get("scaling", 2.0)))
-        freeze_for(lm, self.trainable, streams)
-        if self.inference_only and self.dtype == "bf16":
-            lm = lm.to(DTYPES["bf16"])  # rollouts in bf16; the learner keeps fp32 master weights
-        elif self.dtype == "bf16":  # the learner: fp32 master weights for what it trains, bf16 for the rest
-            with torch.no_grad():
-                for p in lm.parameters():
-                    if not p.requires_grad:
-                        p.data = p.data.to(DTYPES["bf16"])
+        lm = prepare(load_policy_lm(self.model_source()), self.trainable, train.get("update_streams", "text"),
+                     train.get("lora"), self.dtype, learner=not self.inference_only)
         self.lm = lm
         if not self.inference_only and self.trainable != "lora":  # LoRA: the reference is the LM, adapters off
             self.ref_lm = load_policy_lm(self.model_source(), dtype=DTYPES[self.dtype])
@@ -106,8 +87,12 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("ref_lm.")}
         if self.trainable == "all":
             return state
-        keep = {n for n, p in self.named_parameters() if p.requires_grad}
+        keep = self.trained_names()
         return {k: v for k, v in state.items() if k in keep}
+
+    def trained_names(self) -> set[str]:
+        """The state keys of the parameters the learner updates (``requires_grad``)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad}
 
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
         """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
@@ -121,7 +106,7 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
             dropped = tuple(self.get_non_inference_attributes())
             state = {k: v for k, v in state.items() if k.split(".", 1)[0] not in dropped}
             if self.trainable != "all":
-                keep = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
+                keep = self.trained_names()
                 state = {k: v for k, v in state.items() if k in keep}
         return convert_to_numpy({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()})
 
@@ -132,8 +117,7 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
 
         own = self.state_dict()
         unexpected = sorted(set(state) - set(own))
-        trained = {n for n, p in self.lm.named_parameters(prefix="lm") if p.requires_grad}
-        missing = sorted(trained - set(state))
+        missing = sorted(self.trained_names() - set(state))
         if unexpected or missing:
             raise ValueError(f"weight sync: the state does not fit this module ({len(unexpected)} unexpected, e.g. "
                              f"{unexpected[:1]}; {len(missing)} trained tensors missing, e.g. {missing[:1]})")

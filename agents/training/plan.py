@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from duplexgym.agents.training.config import TrainConfig
+from duplexgym.agents.training.config import TrainConfig, make_live_env
 from duplexgym.agents.training.schedule import context_limit_s
-from duplexgym.constants import FRAME_S
+from duplexgym.constants import AXES, FRAME_S
 
 #: Terms that ask a judge per rollout (an LLM server with ``backend: openai``).
 JUDGE_TERMS = ("quality", "paper_judge")
@@ -78,12 +78,9 @@ def _live_plan(cfg: TrainConfig, corpus, spec) -> tuple:
     """``env: conversation``: one entry (``conversation``) for the live dialogues; each rollout
     generates at most ``max_s`` (a dialogue ends earlier when the user has nothing more to say), so
     the frames are upper bounds. Judge calls: the transcript judge, once per rollout."""
-    from duplexgym.envs.conversation import ConversationEnv
-
     live = cfg.conversation
-    env = ConversationEnv(corpus, obs_mode="codes", action_mode="tokens", rewards=cfg.rewards, **live.env_kwargs())
-    terms = {name: t.weight for name, t in spec.terms.items() if name in ("pause", "turn", "backchannel",
-                                                                          "interruption")}
+    env = make_live_env(corpus, cfg.rewards, live.env_kwargs())
+    terms = {name: t.weight for name, t in spec.terms.items() if name in AXES}  # what live scoring applies
     judged = 1 if live.judge is not None else 0
     entry = {"segments": len(env.dialogue_ids), "share": 1.0, "groups_per_iteration": float(cfg.segments_per_iteration),
              "segment_s": {"min": 0.0, "mean": float(env.max_s), "max": float(env.max_s)}, "terms": terms,
@@ -156,18 +153,20 @@ def format_plan(plan: dict) -> str:
     lines.append(f"  loss: advantage {loss['advantage']}, kl {loss['kl']} x {loss['kl_coef']:g}, clip "
                  f"{loss['clip_eps']:g}, {loss['normalization']} normalisation, streams {loss['update_streams']}; "
                  f"reader {plan['reader']}")
+    def named(terms: dict) -> str:
+        return ", ".join(f"{k} x{w:g}" for k, w in terms.items()) or "none"
+
     if plan.get("env") == "conversation":
         a = plan["axes"]["conversation"]
-        terms = ", ".join(f"{k} x{w:g}" for k, w in a["terms"].items()) or "none"
         lines.append(f"  live dialogues (Conversation-v0, user {a['user']}): {a['segments']} dialogues, up to "
                      f"{a['max_s']:g} s" + (f" or {a['max_turns']} user turns" if a["max_turns"] else "")
-                     + f" each; event terms: {terms}" + ("; transcript judge" if a["judge_terms"] else ""))
+                     + f" each; event terms: {named(a['terms'])}" + ("; transcript judge" if a["judge_terms"] else ""))
     else:
         lines.append("  segments per axis (share of groups; segment length mean s; terms):")
-    for axis, a in ({} if plan.get("env") == "conversation" else plan["axes"]).items():
-        terms = ", ".join(f"{k} x{w:g}" for k, w in a["terms"].items()) or "none"
-        lines.append(f"    {axis:<13} {a['segments']:>5} segments, {100 * a['share']:5.1f}% "
-                     f"({a['groups_per_iteration']:.2f} groups/iter), {a['segment_s']['mean']:.1f} s; {terms}")
+        for axis, a in plan["axes"].items():
+            lines.append(f"    {axis:<13} {a['segments']:>5} segments, {100 * a['share']:5.1f}% "
+                         f"({a['groups_per_iteration']:.2f} groups/iter), {a['segment_s']['mean']:.1f} s; "
+                         f"{named(a['terms'])}")
     ctx = plan["context"]
     if ctx["p"] > 0:
         lines.append(f"  context: p {ctx['p']:g}, up to {ctx['max_s']:g} s ({ctx['schedule']}); expected "

@@ -32,10 +32,9 @@ def make_env(cfg: dict):
     """The env of an env runner (codes observations, token actions) from its ``env_config``: the
     replay env, or with ``env: conversation`` the live env of ``cfg["conversation"]``."""
     if cfg.get("env") == "conversation":
-        from duplexgym.envs.conversation import ConversationEnv
+        from duplexgym.agents.training.config import make_live_env
 
-        return ConversationEnv(cfg["corpus"], obs_mode="codes", action_mode="tokens", rewards=cfg.get("rewards"),
-                               **cfg["conversation"])
+        return make_live_env(cfg["corpus"], cfg.get("rewards"), cfg["conversation"])
     from duplexgym.envs.replay import DuplexReplayEnv
 
     return DuplexReplayEnv(corpus=cfg["corpus"], axes=tuple(cfg["axes"]), segments=cfg.get("segments"),
