@@ -5,7 +5,8 @@
 - :mod:`.baselines`: ``silent``, ``talk``, ``oracle``; :mod:`.vad_agent`: ``vad``, a rule-based
   turn-taker on streaming silero;
 - :mod:`.moshi_agent`: the streaming Moshi (``LMGen`` + Mimi, batched, forced prefix, seeded);
-  :mod:`.checkpoint`: where a Moshi comes from (the tiny random one, or a checkpoint folder).
+  :mod:`.checkpoint`: where a Moshi comes from (the tiny random one, or a checkpoint folder);
+  :mod:`.personaplex`: PersonaPlex weights on stock moshi, its text and voice prompts and their phases.
 
 :func:`make_agent` builds any of them by name, as ``duplexgym rollout`` / ``eval --agent`` do.
 """
@@ -13,13 +14,27 @@
 from __future__ import annotations
 
 #: Agent names :func:`make_agent` knows (``moshi:PATH`` loads a checkpoint folder).
-AGENT_NAMES = ("silent", "talk", "oracle", "vad", "moshi", "moshi:CHECKPOINT_DIR")
+AGENT_NAMES = ("silent", "talk", "oracle", "vad", "moshi", "moshi:CHECKPOINT_DIR", "personaplex:CHECKPOINT_DIR")
 
 
-def make_agent(name: str, env) -> object:
+def make_agent(name: str, env, text_prompt: str | None = None, voice_prompt: str | None = None) -> object:
     """The agent ``name`` for ``env`` (a DuplexReplayEnv or a wrapper of one). A Moshi agent also
-    sets the env's text tokenizer to its own, so records carry its decoded text."""
+    sets the env's text tokenizer to its own, so records carry its decoded text.
+    ``personaplex:DIR`` is prompted (:mod:`.personaplex`) with ``text_prompt`` / ``voice_prompt``,
+    else the folder's saved prompt, else the official Full-Duplex-Bench text prompt of each axis."""
     base = env.unwrapped
+    if (text_prompt is not None or voice_prompt is not None) and not name.startswith("personaplex:"):
+        raise ValueError(f"text and voice prompts are for personaplex:DIR agents, not {name!r}")
+    if name.startswith("personaplex:"):
+        from duplexgym.agents.policies.checkpoint import load_models
+        from duplexgym.agents.policies.moshi_agent import MoshiAgent
+        from duplexgym.agents.policies.personaplex import personaplex_prompt
+
+        models = load_models(name)
+        agent = MoshiAgent.for_env(env, models, prompt=personaplex_prompt(models, text_prompt, voice_prompt))
+        agent.name = "personaplex"
+        base.set_text_tokenizer(agent.text_tokenizer_path)
+        return agent
     if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
         from duplexgym.agents.policies.moshi_agent import MoshiAgent
 
@@ -33,5 +48,6 @@ def make_agent(name: str, env) -> object:
     from duplexgym.agents.policies.baselines import BASELINES
 
     if name not in BASELINES:
-        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}, vad, moshi, moshi:CHECKPOINT_DIR")
+        raise ValueError(f"unknown agent {name!r}; available: {', '.join(BASELINES)}, vad, moshi, moshi:CHECKPOINT_DIR, "
+                         "personaplex:CHECKPOINT_DIR")
     return BASELINES[name](base.corpus, base.action_mode, base.reward_spec.activity)

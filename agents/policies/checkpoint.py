@@ -66,7 +66,9 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 MISTRAL_TOKENIZER = ("mistral_common", "data/tokenizer.model.v1")
 #: config.json keys that are not LM kwargs (moshi.models.loaders.CheckpointInfo.from_hf_repo pops them).
 CONFIG_FILE_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
-                    "lm_gen_config", "tts_config", "stt_config", "model_id")
+                    "lm_gen_config", "tts_config", "stt_config", "model_id", "personaplex_prompt")
+#: A model source that names a PersonaPlex checkpoint folder (:mod:`.personaplex`).
+PERSONAPLEX_PREFIX = "personaplex:"
 
 # The tiny LM: Moshi 7B's kwargs with narrow layers (one streaming step at B=1 is ~10 ms on
 # 2 CPU cores, nearly all of it moshi's per-step Python). Vocabularies, streams and delays are Moshi's.
@@ -102,10 +104,28 @@ class MoshiModels:
     lm_kwargs: dict
     source: str
     lm_gen_config: dict = field(default_factory=dict)
+    #: A PersonaPlex folder's saved prompt (``personaplex_prompt`` of its config.json: text, voice path)
+    prompt_config: dict | None = None
+
+    @property
+    def personaplex(self) -> bool:
+        return is_personaplex(self.source)
 
 
 # ----------------------------------------------------------------------------------------------
 # The tiny Moshi
+
+
+def is_personaplex(source) -> bool:
+    """Whether a model source names a PersonaPlex checkpoint (``personaplex:PATH``)."""
+    return isinstance(source, str) and source.startswith(PERSONAPLEX_PREFIX)
+
+
+def _personaplex_path(source: str) -> str:
+    path = source[len(PERSONAPLEX_PREFIX):]
+    if not path:
+        raise CheckpointError("personaplex: needs a checkpoint folder (personaplex:PATH)")
+    return path
 
 
 def tiny_lm_kwargs() -> dict:
@@ -198,6 +218,9 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
         tokenizer = find_text_tokenizer(text_tokenizer)
         models = MoshiModels(build_tiny_lm(device, dtype), load_mimi(TINY_MODEL, device), tokenizer,
                              tiny_lm_kwargs(), TINY_MODEL)
+    elif is_personaplex(source):
+        info = resolve_checkpoint(_personaplex_path(source), text_tokenizer, personaplex=True)
+        models = with_lm(source, _load_personaplex(info, device, dtype), device, info)
     else:
         info = resolve_checkpoint(source, text_tokenizer)
         lm = _load_lm(info, device, dtype)
@@ -213,22 +236,40 @@ def load_policy_lm(source: str | os.PathLike, device: str | torch.device = "cpu"
     what a trainer builds twice (policy and frozen reference) without loading Mimi each time."""
     if isinstance(source, str) and source == TINY_MODEL:
         return build_tiny_lm(device, dtype)
+    if is_personaplex(source):
+        return _load_personaplex(resolve_checkpoint(_personaplex_path(source), personaplex=True), device, dtype)
     return _load_lm(resolve_checkpoint(source), device, dtype)
 
 
-def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device = "cpu") -> MoshiModels:
+def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device = "cpu",
+            info: loaders.CheckpointInfo | None = None) -> MoshiModels:
     """``source``'s Mimi, text tokenizer and LM kwargs around an LM built elsewhere (an RLModule's),
     so an agent streams with that LM: weight updates reach it in place."""
     if isinstance(source, str) and source == TINY_MODEL:
         return MoshiModels(lm, load_mimi(TINY_MODEL, device), find_text_tokenizer(), tiny_lm_kwargs(), TINY_MODEL)
-    info = resolve_checkpoint(source)
+    if is_personaplex(source):
+        info = info or resolve_checkpoint(_personaplex_path(source), personaplex=True)
+        kwargs = {**_plain_lm_kwargs(info.lm_config), "dep_q": MIMI_CODEBOOKS}
+        prompt = (info.raw_config or {}).get("personaplex_prompt")
+        return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer), kwargs, str(source),
+                           dict(info.lm_gen_config), prompt if isinstance(prompt, dict) else None)
+    info = info or resolve_checkpoint(source)
     return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
                        _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
 
 
-def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLike | None = None
-                       ) -> loaders.CheckpointInfo:
+def _load_personaplex(info: loaders.CheckpointInfo, device, dtype) -> LMModel:
+    from duplexgym.agents.policies.personaplex import load_personaplex_lm
+
+    return load_personaplex_lm(Path(info.moshi_weights), _plain_lm_kwargs(info.lm_config), device, dtype)
+
+
+def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLike | None = None,
+                       personaplex: bool = False) -> loaders.CheckpointInfo:
     """Find the files of a checkpoint folder without loading weights.
+
+    ``personaplex``: a PersonaPlex folder (16 depformer steps allowed; a config.json without LM
+    kwargs, as the official one, is not read: Moshi 7B's kwargs).
 
     Returns a ``moshi.models.loaders.CheckpointInfo`` (local paths, ``lm_config`` from config.json
     or ``None`` for Moshi 7B). Raises :class:`CheckpointError` listing every missing file at once,
@@ -247,6 +288,8 @@ def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLik
                               f"{LM_WEIGHTS_NAME}, {MIMI_WEIGHTS_NAME}, {TEXT_TOKENIZER_NAME}, optional {CONFIG_NAME})")
     files = sorted(p.name for p in path.iterdir() if p.is_file())
     raw, lm_config, extra = _read_config(path)
+    if personaplex and lm_config is not None and "dim" not in lm_config:  # the official config.json: not LM kwargs
+        raw, lm_config, extra = None, None, {"model_type": "moshi"}
     if extra["model_type"] != "moshi":
         raise CheckpointError(f"{path / CONFIG_NAME}: model_type {extra['model_type']!r} is not supported "
                               "(a MoshiAgent runs 'moshi' checkpoints)")
@@ -316,7 +359,7 @@ def resolve_checkpoint(path: str | os.PathLike, text_tokenizer: str | os.PathLik
     for weights in (lm_weights, mimi_weights, lora):
         if weights is not None and weights.suffix.lower() not in SAFETENSORS_SUFFIXES:
             raise CheckpointError(f"{weights}: weights must be safetensors ({', '.join(SAFETENSORS_SUFFIXES)})")
-    _check_lm_config(path, lm_config)
+    _check_lm_config(path, lm_config, personaplex)
     if (lm_config or {}).get("lora") and lora is None:
         raise CheckpointError(f"{path / CONFIG_NAME}: lora is true but no lora_name names the adapters' file; moshi "
                               "would start the adapters at random")
@@ -367,10 +410,12 @@ def _plain_lm_kwargs(lm_config: dict | None) -> dict:
     return {k: v for k, v in (lm_config or loaders._lm_kwargs).items() if k not in LORA_KWARGS}
 
 
-def _check_lm_config(folder: Path, lm_config: dict | None) -> None:
+def _check_lm_config(folder: Path, lm_config: dict | None, personaplex: bool = False) -> None:
     config = loaders._lm_kwargs if lm_config is None else lm_config
     where = folder / CONFIG_NAME if lm_config is not None else "Moshi 7B's config (no config.json)"
     n_q, dep_q = config.get("n_q"), config.get("dep_q")
+    if personaplex and dep_q == 2 * MIMI_CODEBOOKS:  # PersonaPlex's 16 steps: cut to 8 on load (.personaplex)
+        dep_q = MIMI_CODEBOOKS
     if dep_q != MIMI_CODEBOOKS or n_q != 2 * MIMI_CODEBOOKS:
         raise CheckpointError(f"{where}: a duplex Moshi has n_q=16 (its own 8 + the user's 8 Mimi codebooks) "
                               f"and dep_q=8, got n_q={n_q}, dep_q={dep_q}")

@@ -71,6 +71,7 @@ from duplexgym.agents.policies.checkpoint import (  # runtime settings first
     MoshiModels,
     load_models,
 )
+from duplexgym.agents.policies.personaplex import SINE_TOKENS
 from duplexgym.corpora.codec import codec_id, encode
 from moshi.models.lm import LMGen, LMModel
 
@@ -161,7 +162,7 @@ class MoshiAgent:
     def __init__(self, source: str | os.PathLike | MoshiModels = "tiny", batch_size: int = 1, seed: int = 0,
                  temp: float = 0.8, temp_text: float = 0.7, top_k: int = 250, top_k_text: int = 25,
                  device: str | torch.device = "cpu", text_tokenizer: str | os.PathLike | None = None,
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, prompt=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size, self.seed = int(batch_size), int(seed)
@@ -212,7 +213,17 @@ class MoshiAgent:
         self.episode_seeds = np.zeros(B, dtype=np.uint64)
         self.episodes_started = 0
 
+        # Prompt phases run at each reset before the episode (PersonaPlex: .personaplex.PersonaPlexPrompt)
+        self.prompt = prompt
+        self.prompt_frames: list = [None] * B  # per row: the PromptFrames its episode started with
+        self._p = np.zeros(B, dtype=np.int64)  # prompt frames of the row's episode
+        self._drawing = np.ones(B, dtype=bool)  # rows whose generator draws noise this step
+        self._emb_mask = torch.zeros(B, dtype=torch.bool, device=dev)  # transformer input replaced (prompt embeddings)
+        self._emb_values = torch.zeros(B, 1, self.lm.dim, dtype=self.lm.dtype, device=dev)
         self._stack = contextlib.ExitStack()
+        if prompt is not None:  # the input-embedding replacement of an embeddings voice prompt (branch-free)
+            handle = self.lm.transformer.register_forward_pre_hook(self._replace_input, with_kwargs=True)
+            self._stack.callback(handle.remove)
         with torch.inference_mode():
             self._stack.enter_context(self.lm_gen.streaming(B))
             self._stack.enter_context(self.mimi.streaming(B))
@@ -313,12 +324,21 @@ class MoshiAgent:
             self.episodes_started += 1
             self.episode_seeds[r] = episode_seed
             self._generators[r].manual_seed(episode_seed)
+            frames = None if self.prompt is None else self.prompt.frames_for(
+                infos[r].get("axis"), self.text_tokenizer_path, self.mimi, self.lm)
+            self.prompt_frames[r] = frames
+            if frames is not None:  # the prompt frames lead the forced prefix, all forced
+                prefix = (np.concatenate([frames.actions, prefix[0]]), np.concatenate([np.ones(frames.frames, bool),
+                                                                                      prefix[1]]))
             (self._prefix[r], self._mask[r]), self._k[r], self._t[r] = prefix, len(prefix[0]), 0
+            self._p[r] = 0 if frames is None else frames.frames
             self._started[r] = True
         with torch.inference_mode():
             reset = torch.from_numpy(rows).to(self.device)
             self.lm_gen.reset_streaming(reset)
             self.mimi.reset_streaming(reset)
+            if self.prompt is not None:
+                self._run_prompts(rows)
 
     def act_batch(self, observations: np.ndarray) -> np.ndarray:
         """One step of every row: ``observations`` ``[B, 8]`` user codes or ``[B, 1920]`` samples
@@ -331,7 +351,7 @@ class MoshiAgent:
             replace = self._set_forcing()
             out = self.lm_gen.step(self._codes_in, depformer_replace_tokens=replace)  # [B, 9, 1]
             actions = out[:, :, 0].cpu().numpy().astype(np.int64, copy=True)  # model frame t - 1
-        first = self._t == 0
+        first = self._t == 0  # (never after a prompt: env frame 0 is then a model frame)
         if first.any():  # step 0 of a row: no model frame yet (LMGen marks it ungenerated, -2)
             for r in np.flatnonzero(first):
                 actions[r] = self._prefix[r][0] if self._k[r] and self._mask[r][0] else self.silence_action
@@ -396,10 +416,45 @@ class MoshiAgent:
             raise ValueError(f"observations must be [{B}, {MIMI_CODEBOOKS}] integer Mimi codes or [{B}, {FRAME_SAMPLES}] "
                              f"float samples (batch_size={B}), got {obs.dtype} {obs.shape}")
 
-    def _set_forcing(self) -> torch.Tensor | None:
-        """Fill the step controls from each row's forced prefix; the replace tokens if all rows are fully forced."""
+    def _run_prompts(self, rows: np.ndarray) -> None:
+        """The prompt phases of the rows just reset (``rows`` bool ``[B]``), each row's own frames,
+        every stream forced; the other rows do not execute (the LMGen's exec mask) and draw no noise.
+        The last prompt step samples text and codebook 0 of env frame 0 (unless the env forces it)."""
+        lengths = np.where(rows, self._p, 0)
+        sine = torch.tensor(SINE_TOKENS, dtype=torch.long, device=self.device)
+        for i in range(int(lengths.max(initial=0))):
+            active = lengths > i
+            if not active.all():
+                self.lm_gen.set_exec_mask(torch.from_numpy(active).to(self.device))
+            self._drawing = active
+            self._codes_in[torch.from_numpy(active).to(self.device), :, 0] = sine
+            emb = np.zeros(self.batch_size, bool)
+            for r in np.flatnonzero(active):
+                frames = self.prompt_frames[r]
+                if i < frames.embedded:
+                    emb[r] = True
+                    self._emb_values[r, 0] = frames.embeddings[i].to(self._emb_values)
+            self._emb_mask.copy_(torch.from_numpy(emb))
+            replace = self._set_forcing(active)
+            self.lm_gen.step(self._codes_in, depformer_replace_tokens=replace)
+            self._t[active] += 1
+        self._emb_mask.zero_()
+        self._drawing = np.ones(self.batch_size, dtype=bool)
+        self.lm_gen.set_exec_mask(torch.ones(self.batch_size, dtype=torch.bool, device=self.device))
+
+    def _replace_input(self, module, args, kwargs):
+        """Forward pre-hook of the LM's transformer while streaming: rows of ``_emb_mask`` read
+        ``_emb_values`` (a prompt's stored input embeddings) instead of their tokens' embedding."""
+        if getattr(module, "_streaming_state", None) is None or not args:
+            return None
+        x = args[0]
+        return (torch.where(self._emb_mask[:, None, None], self._emb_values.to(x.dtype), x), *args[1:]), kwargs
+
+    def _set_forcing(self, among: np.ndarray | None = None) -> torch.Tensor | None:
+        """Fill the step controls from each row's forced prefix (rows of ``among`` only, default all);
+        the replace tokens if all rows are fully forced."""
         c = self._controls
-        rows = np.flatnonzero(self._t < self._k)
+        rows = np.flatnonzero((self._t < self._k) & (True if among is None else among))
         if not len(rows) and not c.forcing:
             return None
         B, dep_q = self.batch_size, self.lm.dep_q
@@ -430,7 +485,10 @@ class MoshiAgent:
         every row, sample the text token (forced rows: the forced token), leave only it finite."""
         noise = self._gumbel_cpu
         for row, generator in enumerate(self._generators):
-            noise[row].exponential_(generator=generator)
+            if self._drawing[row]:
+                noise[row].exponential_(generator=generator)
+            else:  # a row not executing this step (another row's prompt): its generator is left alone
+                noise[row].fill_(1.0)
         noise.log_().neg_()  # -log(Exp(1)) is standard Gumbel
         c = self._controls
         if c.gumbel is not noise:
