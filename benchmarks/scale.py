@@ -173,16 +173,19 @@ def audio_reward(mimi, agent_codes: np.ndarray, device: torch.device) -> dict:
 # -- 3. learner ----------------------------------------------------------------------------------
 
 
-def learner_step(size: str, trainable: str, G: int, frames: int, device: torch.device) -> dict:
-    """One gradient step over G episodes of ``frames`` frames: tokens/s and peak memory."""
+def learner_step(size: str, trainable: str, G: int, frames: int, device: torch.device,
+                 checkpointing: bool = False) -> dict:
+    """One gradient step over G episodes of ``frames`` frames: tokens/s and peak memory
+    (``checkpointing``: moshi's per-layer activation checkpointing, ``activation_checkpointing: true``)."""
     from duplexgym.agents.training import adapters
     from duplexgym.agents.training.logprobs import token_logprobs
 
     reset_peak(device)
-    out = {"trainable": trainable}
+    out = {"trainable": trainable, "checkpointing": bool(checkpointing)}
     try:
         # as the RLModule prepares its learner's LM: fp32 master weights of what trains, bf16 the rest
-        lm = adapters.prepare(build_lm(size, device, torch.bfloat16), trainable, "text", LORA, "bf16", learner=True)
+        lm = adapters.prepare(build_lm(size, device, torch.bfloat16), trainable, "text", LORA, "bf16", learner=True,
+                              checkpointing=checkpointing)
         ref = None
         if trainable != "lora":
             ref = build_lm(size, device, torch.bfloat16)
@@ -303,17 +306,18 @@ def main() -> int:
     del models, lm, mimi
     reset_peak(device)
     trained = None
-    for trainable in ("lora", "all"):
-        r = learner_step(size, trainable, groups[-1], result["rollout"][-1]["frames"], device)
-        if trainable == "lora":
+    for trainable, checkpointing in (("lora", False), ("all", False), ("lora", True)):
+        r = learner_step(size, trainable, groups[-1], result["rollout"][-1]["frames"], device, checkpointing)
+        if trainable == "lora" and not checkpointing:
             trained = r.pop("trained")
         else:
             r.pop("trained", None)
         result["learner"].append(r)
+        name = trainable + (" + activation checkpointing" if checkpointing else "")
         if r["oom"]:
-            print(f"learner {trainable}: out of memory ({r['error']})")
+            print(f"learner {name}: out of memory ({r['error']})")
         else:
-            print(f"learner {trainable}: {r['trained_params'] / 1e6:.1f} M trained, step {r['step_s']:.2f} s, "
+            print(f"learner {name}: {r['trained_params'] / 1e6:.1f} M trained, step {r['step_s']:.2f} s, "
                   f"{r['tokens_per_s']:.0f} tokens/s, peak {r['peak_gb']:.1f} GB")
     if trained is not None:
         result["sync"] = weight_sync(trained, size, device)

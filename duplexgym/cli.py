@@ -53,9 +53,23 @@ def _rollout(args) -> int:
         if getattr(args, key) is not None:
             kwargs[key] = getattr(args, key)
     summary = rollout(args.env, args.corpus, args.agent, args.episodes, args.seed, args.out, kwargs,
-                      progress=not args.quiet, overwrite=args.overwrite)
+                      progress=not args.quiet, overwrite=args.overwrite, agent_options=_agent_options(args))
     _print_summary(summary, args.json)
     return 0
+
+
+def _prompt_arguments(parser) -> None:
+    parser.add_argument("--text-prompt", dest="text_prompt", default=None,
+                        help="personaplex agents: the text system prompt (default: the policy's saved prompt, else the "
+                             "official Full-Duplex-Bench prompt of each episode's axis)")
+    parser.add_argument("--voice-prompt", dest="voice_prompt", default=None,
+                        help="personaplex agents: a voice prompt wav/flac or an official voice .pt (default: the "
+                             "policy's saved voice, else none)")
+
+
+def _agent_options(args) -> dict:
+    """``--text-prompt`` / ``--voice-prompt`` (personaplex:DIR agents) as :func:`make_agent` keywords."""
+    return {k: getattr(args, k) for k in ("text_prompt", "voice_prompt") if getattr(args, k, None) is not None}
 
 
 def _print_summary(summary: dict, as_json: bool) -> None:
@@ -86,7 +100,8 @@ def _eval(args) -> int:
 
     summary = evaluate(args.corpus, args.agent, per_axis=args.per_axis, seed=args.seed,
                        obs_mode=args.obs_mode, action_mode=args.action_mode,
-                       rewards=args.rewards, export=args.export, progress=not args.quiet)
+                       rewards=args.rewards, export=args.export, progress=not args.quiet,
+                       agent_options=_agent_options(args))
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -113,7 +128,8 @@ def _eval_live(args) -> int:
     summary, text = live_eval(args.corpus, args.agent, user=user, dialogues=args.dialogues, seed=args.seed,
                               per_axis=args.per_axis, max_s=60.0 if args.max_s is None else args.max_s,
                               obs_mode=args.obs_mode, action_mode=args.action_mode, rewards=args.rewards,
-                              script=args.script, llm=llm, export=args.export, progress=not args.quiet)
+                              script=args.script, llm=llm, export=args.export, progress=not args.quiet,
+                              agent_options=_agent_options(args))
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
@@ -288,7 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--env", required=True, help="an env id: duplexgym/PauseHandling-v0, TurnTaking-v0, "
                                                    "Backchannel-v0, Interruption-v0 or Interactivity-v0")
     roll.add_argument("--corpus", required=True, help="a corpus folder made by `duplexgym corpus build`")
-    roll.add_argument("--agent", required=True, help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR")
+    roll.add_argument("--agent", required=True,
+                      help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR | personaplex:CHECKPOINT_DIR")
+    _prompt_arguments(roll)
     roll.add_argument("--episodes", type=int, required=True, help="how many episodes to run (>= 1)")
     roll.add_argument("--seed", type=int, default=0, help="seed of the first reset; later episodes continue its stream")
     roll.add_argument("--out", required=True, help="the run folder to write (new or empty)")
@@ -308,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
               "Play every segment (or --per-axis of each axis) once with --agent and print the Full-Duplex-Bench "
               "v1 metrics beside our rewards and the published reference rows.")
     ev.add_argument("--corpus", required=True, help="a corpus folder made by `duplexgym corpus build`")
-    ev.add_argument("--agent", required=True, help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR")
+    ev.add_argument("--agent", required=True,
+                    help="silent | talk | oracle | vad | moshi | moshi:CHECKPOINT_DIR | personaplex:CHECKPOINT_DIR")
+    _prompt_arguments(ev)
     ev.add_argument("--per-axis", dest="per_axis", type=int, default=None,
                     help="at most N segments per axis, drawn with --seed; none: every segment")
     ev.add_argument("--seed", type=int, default=0, help="seed of the --per-axis draw and of every episode")

@@ -42,6 +42,14 @@ def filled(name: str, corpus, checkpoint, tmp_path) -> tuple[dict, str]:
     raw = yaml.safe_load((REPO / "configs" / name).read_text())
     raw.update(model=str(checkpoint), corpus=str(corpus), out=str(tmp_path / "out"),
                rewards=str(REPO / raw["rewards"]))
+    if raw.get("prompt") is not None:  # PersonaPlex: its layout and a voice recording
+        from duplexgym.agents.policies.personaplex import save_tiny_personaplex
+
+        import soundfile as sf
+
+        raw["model"] = f"personaplex:{save_tiny_personaplex(tmp_path / 'personaplex')}"
+        sf.write(tmp_path / "voice.wav", np.sin(np.arange(72_000) / 9.0).astype(np.float32) * 0.3, 24_000)
+        raw["prompt"]["voice"] = str(tmp_path / "voice.wav")
     path = tmp_path / name
     path.write_text(yaml.safe_dump(raw))
     return raw, str(path)

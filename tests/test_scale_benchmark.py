@@ -26,8 +26,10 @@ def test_scale_benchmark_smoke_on_cpu(small_corpus, tmp_path):
         assert x["frames"] == 6 and x["env_frames_per_s"] > 0 and x["lmgen_frames_per_s"] > 0
         assert 0.0 <= x["outside_model_share"] < 1.0
     assert r["audio_reward"]["decode_s"] > 0 and 0 < r["audio_reward"]["share_of_rollout"] < 1
-    lora, full = r["learner"]
+    lora, full, ckpt = r["learner"]
     assert lora["trainable"] == "lora" and full["trainable"] == "all" and not lora["oom"] and not full["oom"]
+    assert ckpt["trainable"] == "lora" and ckpt["checkpointing"] and not lora["checkpointing"] and not ckpt["oom"]
+    assert ckpt["trained_params"] == lora["trained_params"] and ckpt["step_s"] > 0
     assert 0 < lora["trained_params"] < full["trained_params"] / 20
     assert r["sync"]["tensors"] > 0 and r["sync"]["direct_s"] > 0
     assert 0 < r["iteration"]["model_share"] <= 1

@@ -125,7 +125,7 @@ def summarize_eval(agent: str, per_episode: list[dict]) -> dict:
 
 def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, seed: int = 0,
              obs_mode: str | None = None, action_mode: str | None = None, rewards=None,
-             export: str | Path | None = None, progress: bool = True) -> dict:
+             export: str | Path | None = None, progress: bool = True, agent_options: dict | None = None) -> dict:
     """Run ``agent`` (a name for :func:`~duplexgym.agents.policies.baselines.make_agent`) over the corpus
     and return :func:`summarize_eval`'s dict plus ``corpus``, ``seed``, ``obs_mode``,
     ``action_mode`` and ``export``. ``rewards``: a reward spec (YAML path or dict; default: the
@@ -144,7 +144,7 @@ def evaluate(corpus: str | Path, agent: str, *, per_axis: int | None = None, see
     env = gym.make("duplexgym/Interactivity-v0", corpus=str(corpus), **kwargs)
     base = env.unwrapped
     segments = select_segments(base.corpus, per_axis, seed)
-    agent_obj = make_agent(agent, env)
+    agent_obj = make_agent(agent, env, **(agent_options or {}))  # personaplex: text_prompt, voice_prompt
     exporter = None
     if export is not None:
         from duplexgym.agents.evaluation.export import FdbExporter

@@ -127,7 +127,8 @@ def summarize_live(agent: str, per_dialogue: list[dict]) -> dict:
 def evaluate_live(corpus, agent: str, *, user: str = "replay", dialogues: int | None = None, seed: int = 0,
                   max_s: float = 60.0, max_turns: int | None = None, obs_mode: str | None = None,
                   action_mode: str | None = None, rewards=None, user_params=None, script=None, llm=None,
-                  judge=None, scoring=None, export=None, record_dir=None, progress: bool = True) -> dict:
+                  judge=None, scoring=None, export=None, record_dir=None, progress: bool = True,
+                  agent_options: dict | None = None) -> dict:
     """Run ``agent`` (a :func:`~duplexgym.agents.policies.make_agent` name) in ``dialogues`` live
     dialogues (None: each of the source's dialogues once) and return :func:`summarize_live`'s dict
     plus ``user``, ``corpus``, ``seed``, ``max_s``, ``obs_mode``, ``action_mode``, ``export`` and
@@ -143,7 +144,7 @@ def evaluate_live(corpus, agent: str, *, user: str = "replay", dialogues: int | 
     base = env.unwrapped
     ids = base.dialogue_ids
     n = len(ids) if dialogues is None else dialogues
-    agent_obj = make_agent(agent, env)
+    agent_obj = make_agent(agent, env, **(agent_options or {}))
     exporter = LiveExporter(export) if export is not None else None
     results, rows = [], []
     try:
@@ -209,7 +210,7 @@ def live_eval(corpus, agent: str, *, user: str = "replay", dialogues: int | None
     if replay_table:
         replay = evaluate(corpus, agent, per_axis=per_axis, seed=seed, obs_mode=summary["obs_mode"],
                           action_mode=summary["action_mode"], rewards=kwargs.get("rewards"),
-                          progress=kwargs.get("progress", True))
+                          progress=kwargs.get("progress", True), agent_options=kwargs.get("agent_options"))
         summary["replay"] = replay
         text = format_table([replay]) + "\n\n" + text
     return summary, text

@@ -80,7 +80,8 @@ def prepare_out(out: Path, overwrite: bool = False) -> None:
 
 
 def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int, out: str | Path,
-            env_kwargs: dict | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+            env_kwargs: dict | None = None, progress: bool = True, overwrite: bool = False,
+            agent_options: dict | None = None) -> dict:
     """Run ``episodes`` episodes of ``agent_name`` in ``env_id``; the first reset is seeded with
     ``seed`` and later ones continue the env's random stream, so the run is reproducible. Modes
     missing from ``env_kwargs`` follow :func:`~duplexgym.envs.corpus.default_modes`. ``out`` must
@@ -100,7 +101,7 @@ def rollout(env_id: str, corpus: str, agent_name: str, episodes: int, seed: int,
         env_kwargs.setdefault("obs_mode", obs_mode)
         env_kwargs.setdefault("action_mode", action_mode)
     env = gym.make(env_id, corpus=corpus, **env_kwargs)
-    agent = make_agent(agent_name, env)
+    agent = make_agent(agent_name, env, **(agent_options or {}))  # personaplex: text_prompt, voice_prompt
     results = []
     for i in tqdm(range(episodes), desc="rollout", file=sys.stderr, leave=False, disable=not progress):
         results.append(play_episode(env, agent, seed=seed if i == 0 else None))

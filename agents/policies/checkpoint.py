@@ -66,7 +66,10 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 MISTRAL_TOKENIZER = ("mistral_common", "data/tokenizer.model.v1")
 #: config.json keys that are not LM kwargs (moshi.models.loaders.CheckpointInfo.from_hf_repo pops them).
 CONFIG_FILE_KEYS = ("moshi_name", "mimi_name", "mimi_config_name", "tokenizer_name", "lora_name", "model_type",
-                    "lm_gen_config", "tts_config", "stt_config", "model_id", "personaplex_prompt")
+                    "lm_gen_config", "tts_config", "stt_config", "model_id")
+#: The file beside config.json that keeps a PersonaPlex policy's prompt (text, voice file name): not in
+#: config.json, whose other keys moshi's loaders pass to the LM as kwargs.
+PROMPT_FILE_NAME = "personaplex_prompt.json"
 #: A model source that names a PersonaPlex checkpoint folder (:mod:`.personaplex`).
 PERSONAPLEX_PREFIX = "personaplex:"
 
@@ -250,9 +253,10 @@ def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device =
     if is_personaplex(source):
         info = info or resolve_checkpoint(_personaplex_path(source), personaplex=True)
         kwargs = {**_plain_lm_kwargs(info.lm_config), "dep_q": MIMI_CODEBOOKS}
-        prompt = (info.raw_config or {}).get("personaplex_prompt")
+        prompt_file = Path(info.moshi_weights).parent / PROMPT_FILE_NAME
+        prompt = _read_json(prompt_file) if prompt_file.is_file() else None
         return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer), kwargs, str(source),
-                           dict(info.lm_gen_config), prompt if isinstance(prompt, dict) else None)
+                           dict(info.lm_gen_config), prompt)
     info = info or resolve_checkpoint(source)
     return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
                        _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
@@ -261,6 +265,8 @@ def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device =
 def _load_personaplex(info: loaders.CheckpointInfo, device, dtype) -> LMModel:
     from duplexgym.agents.policies.personaplex import load_personaplex_lm
 
+    if info.lora_weights is not None:  # a PersonaPlex trained here with LoRA: an 8-step folder, moshi's loader
+        return _load_lm(info, device, dtype)
     return load_personaplex_lm(Path(info.moshi_weights), _plain_lm_kwargs(info.lm_config), device, dtype)
 
 
@@ -493,7 +499,8 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) 
 
 
 def save_checkpoint(lm: LMModel | dict, mimi: MimiModel, tokenizer_path: str | os.PathLike, out_dir: str | os.PathLike,
-                    lm_kwargs: dict, dtype: torch.dtype | None = None, lora: dict | None = None) -> Path:
+                    lm_kwargs: dict, dtype: torch.dtype | None = None, lora: dict | None = None,
+                    prompt: dict | None = None) -> Path:
     """Write ``lm``, ``mimi`` and the tokenizer as a checkpoint folder in Kyutai's layout.
 
     Files: ``model.safetensors`` (the LM's ``state_dict``, cast to ``dtype`` if given, e.g.
@@ -505,7 +512,10 @@ def save_checkpoint(lm: LMModel | dict, mimi: MimiModel, tokenizer_path: str | o
     ``lm`` may also be such an LM's ``state_dict``. ``lora``: ``{"tensors": moshi LoRA file tensors,
     "rank": r, "scaling": s}`` also writes ``lora.safetensors`` and puts ``lora: true``,
     ``lora_rank``, ``lora_scaling`` and ``lora_name`` in config.json, so moshi's loaders (and
-    :func:`load_models`) apply the adapters on load. Returns the folder.
+    :func:`load_models`) apply the adapters on load. ``prompt``: a PersonaPlex prompt (``{"text",
+    "voice"}``): the voice file is copied in as ``voice<suffix>`` and ``personaplex_prompt.json``
+    names both, so ``personaplex:FOLDER`` is prompted as the model was trained.
+    Returns the folder.
     """
     out = Path(out_dir)
     tokenizer_path = _check_tokenizer_file(Path(tokenizer_path))
@@ -528,6 +538,14 @@ def save_checkpoint(lm: LMModel | dict, mimi: MimiModel, tokenizer_path: str | o
     if mimi_config is not None:
         (out / SAVED_MIMI_CONFIG_NAME).write_text(json.dumps(mimi_config, indent=1) + "\n")
         config["mimi_config_name"] = SAVED_MIMI_CONFIG_NAME
+    if prompt is not None:
+        saved = {"text": prompt.get("text"), "voice": None}
+        if prompt.get("voice"):
+            voice = Path(prompt["voice"])
+            saved["voice"] = f"voice{voice.suffix.lower()}"
+            if (out / saved["voice"]).resolve() != voice.resolve():
+                shutil.copyfile(voice, out / saved["voice"])
+        (out / PROMPT_FILE_NAME).write_text(json.dumps(saved, indent=1) + "\n")
     if lora is not None:
         save_safetensors(_plain_tensors(lora["tensors"], dtype), out / LORA_WEIGHTS_NAME)
         config.update({"lora": True, "lora_rank": int(lora["rank"]), "lora_scaling": float(lora["scaling"]),

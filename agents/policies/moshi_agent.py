@@ -222,6 +222,7 @@ class MoshiAgent:
         self._emb_values = torch.zeros(B, 1, self.lm.dim, dtype=self.lm.dtype, device=dev)
         self._stack = contextlib.ExitStack()
         if prompt is not None:  # the input-embedding replacement of an embeddings voice prompt (branch-free)
+            prompt.voice_of(self.mimi, self.lm)  # a wav voice is Mimi-encoded now, before Mimi streams
             handle = self.lm.transformer.register_forward_pre_hook(self._replace_input, with_kwargs=True)
             self._stack.callback(handle.remove)
         with torch.inference_mode():

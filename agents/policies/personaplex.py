@@ -456,8 +456,8 @@ class PersonaPlexPrompt:
 
 def personaplex_prompt(models, text: str | dict | None = None, voice: str | Path | None = None) -> PersonaPlexPrompt:
     """The prompt of a PersonaPlex agent: ``text`` / ``voice`` when given, else the checkpoint's
-    saved prompt (``personaplex_prompt`` in the config.json of an exported policy; its voice path is
-    relative to the folder), else the official Full-Duplex-Bench text prompts and no voice."""
+    saved prompt (``personaplex_prompt.json`` of an exported policy; its voice path is relative to
+    the folder), else the official Full-Duplex-Bench text prompts and no voice."""
     saved = dict(getattr(models, "prompt_config", None) or {})
     if voice is None and saved.get("voice"):
         folder = Path(str(models.source)[len("personaplex:"):])

@@ -97,11 +97,16 @@ def lora_layers(lm: nn.Module) -> list[LoRALinear]:
 
 
 def prepare(lm: nn.Module, trainable: str, update_streams: str, lora: dict | None, dtype: str,
-            learner: bool) -> nn.Module:
+            learner: bool, checkpointing: bool = False) -> nn.Module:
     """``lm`` as a run trains it (in place, returned): adapters added (``trainable: lora``, with
     ``lora`` = the config's ``{rank, scaling, modules}``), ``requires_grad`` set (:func:`freeze_for`)
     and the precision of ``dtype``: with bf16 a runner's LM is all bf16, a learner's trained
-    parameters are fp32 master weights and its frozen ones bf16."""
+    parameters are fp32 master weights and its frozen ones bf16. ``checkpointing`` (learners only):
+    moshi's activation checkpointing of every layer of the temporal transformer and the depformer
+    (``StreamingTransformer.checkpointing``: each layer's activations are recomputed in the backward
+    pass instead of kept; the same gradients)."""
+    if learner and checkpointing:
+        set_checkpointing(lm, True)
     if trainable == "lora":
         add_lora(lm, tuple(lora["modules"] or default_lora_modules(update_streams)), int(lora["rank"]),
                  float(lora["scaling"]))
@@ -113,6 +118,13 @@ def prepare(lm: nn.Module, trainable: str, update_streams: str, lora: dict | Non
             for p in lm.parameters():
                 p.data = p.data.to(torch.float32 if p.requires_grad else DTYPES["bf16"])
     return lm
+
+
+def set_checkpointing(lm: nn.Module, on: bool) -> None:
+    """moshi's per-layer activation checkpointing on (or off) in both transformers of ``lm``."""
+    for transformer in (lm.transformer, getattr(lm, "depformer", None)):
+        if transformer is not None:
+            transformer.checkpointing = bool(on)
 
 
 @contextlib.contextmanager

@@ -261,6 +261,7 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
                                           "lr", "seed")}
     train["optimizer"] = cfg.optimizer.model_dump()
     train["trainable"], train["dtype"] = cfg.trainable, cfg.dtype
+    train["activation_checkpointing"] = cfg.activation_checkpointing
     train["lora"] = None if cfg.lora is None else cfg.lora.model_dump()
     train["total_steps"] = cfg.iterations * cfg.gradient_steps_per_iteration
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]
@@ -283,7 +284,9 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
         .rl_module(rl_module_spec=RLModuleSpec(module_class=module_cls, observation_space=obs_space,
                                                action_space=act_space,
                                                model_config={**SAMPLER_DEFAULTS, **cfg.sampling.model_dump(),
-                                                             "model": cfg.model, "train": train}))
+                                                             "model": cfg.model, "train": train,
+                                                             "prompt": None if cfg.prompt is None
+                                                             else cfg.prompt.model_dump()}))
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=100,
                          delay_between_env_runner_restarts_s=1.0)
         .reporting(log_gradients=True)  # the global gradient norm of each step (metrics: grad_norm)

@@ -42,7 +42,7 @@ RLLIB_MARKER = "rllib_checkpoint.json"
 LEGACY_RUNNER_STATE_NAME = "grpo_runners.json"
 #: Config fields a resumed run must share with its checkpoint.
 RESUME_KEYS = ("algorithm", "corpus", "axes", "axis_weights", "segments", "group_size", "segments_per_iteration",
-               "env_runners", "seed", "env", "conversation", "trainable", "lora", "dtype")
+               "env_runners", "seed", "env", "conversation", "trainable", "lora", "dtype", "model", "prompt")
 #: RLlib's id of the single module every algorithm here trains.
 MODULE_ID = "default_policy"
 
@@ -324,16 +324,20 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
     def export(learner):
         module = learner.module[MODULE_ID].unwrapped()
         models = with_lm(module.model_source(), module.lm)
+        prompt = module.prompt(models)
+        prompt = None if prompt is None else prompt.to_config()  # PersonaPlex: the prompts it was trained with
         if module.trainable != "lora":
-            return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs)
+            return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs,
+                                   prompt=prompt)
         lora = module.train_settings()["lora"]  # the validated LoraConfig, defaults filled in
         rank, scaling = int(lora["rank"]), float(lora["scaling"])
         tensors = adapters.lora_file_tensors(module.lm, _empty_lm(models.lm_kwargs), rank)
         folder = save_checkpoint(adapters.base_state(module.lm), models.mimi, models.text_tokenizer, out_dir,
-                                 models.lm_kwargs, lora={"tensors": tensors, "rank": rank, "scaling": scaling})
+                                 models.lm_kwargs, lora={"tensors": tensors, "rank": rank, "scaling": scaling},
+                                 prompt=prompt)
         if merged_dir is not None:
             save_checkpoint(adapters.merged_state(module.lm), models.mimi, models.text_tokenizer, merged_dir,
-                            models.lm_kwargs)
+                            models.lm_kwargs, prompt=prompt)
         return folder
 
     return on_learners(algo, export)[0]

@@ -190,6 +190,50 @@ class ConversationConfig(BaseModel):
 REPLAY_FIELDS = ("axes", "axis_weights", "segments", "context", "lead_in_silence_s")
 
 
+class PromptConfig(BaseModel):
+    """``model: personaplex:PATH``: the prompts each episode starts with (:mod:`duplexgym.agents.policies.personaplex`),
+    the same at training and evaluation (the exported policy keeps them)."""
+
+    model_config = ConfigDict(**STRICT, use_attribute_docstrings=True)
+
+    text: str | dict[str, str] | None = None
+    """The text system prompt (wrapped in ``<system>`` tags as the official code does), or one per axis
+    (``{pause: ..., interruption: ...}``); null or a missing axis: the official Full-Duplex-Bench prompt
+    of the episode's axis (interruption: the teacher prompt; the others: "You enjoy having a good conversation.")."""
+    voice: str | None = None
+    """The voice prompt: a wav/flac (resampled to 24 kHz, -24 LUFS) or an official PersonaPlex voice ``.pt``
+    (read with ``torch.load(weights_only=True)`` from a zip archive only); null: no voice phase."""
+
+    @field_validator("text", mode="after")
+    @classmethod
+    def _text(cls, value):
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(AXES) - {"conversation"})
+            if unknown:
+                raise ValueError(f"text: unknown axis {unknown[0]!r} (axes: {', '.join(AXES)}, conversation)")
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("text: empty (the official code needs a prompt; null takes the FD-Bench prompts)")
+        return value
+
+    @field_validator("voice", mode="after")
+    @classmethod
+    def _voice(cls, value):
+        if value is None:
+            return None
+        from duplexgym.agents.policies.personaplex import PromptError, VOICE_AUDIO_SUFFIXES, load_voice_embeddings
+
+        path = _path(value, "prompt.voice")
+        try:
+            if path.suffix.lower() in VOICE_AUDIO_SUFFIXES:
+                if not path.is_file():
+                    raise PromptError(f"{path}: voice prompt not found")
+            else:
+                load_voice_embeddings(path)  # refuses pickles unopened, checks the official shapes
+        except PromptError as exc:
+            raise ValueError(f"voice: {exc}") from None
+        return str(path)
+
+
 class LoraConfig(BaseModel):
     """``trainable: lora``: moshi's ``LoRALinear`` adapters (:mod:`duplexgym.agents.training.adapters`)."""
 
@@ -241,8 +285,12 @@ class TrainConfig(BaseModel):
     algorithm: choice(*KNOWN_ALGORITHMS) = "grpo"
     """``grpo`` (group-relative advantages, no value function) or ``ppo`` (GAE with a value head)."""
     model: str = TINY_MODEL
-    """``tiny`` (the tiny random Moshi) or a checkpoint folder (Kyutai layout, e.g. a run's ``policy/``) whose
-    Mimi made the corpus' codes."""
+    """``tiny`` (the tiny random Moshi), a checkpoint folder (Kyutai layout, e.g. a run's ``policy/``) or
+    ``personaplex:FOLDER`` (a PersonaPlex checkpoint, prompted as ``prompt`` says), whose Mimi made the
+    corpus' codes."""
+    prompt: PromptConfig | None = None
+    """``model: personaplex:...``: its text and voice prompts (the official FD-Bench text prompts and no
+    voice when omitted); refused for other models."""
     group_size: Integer = Field(4, ge=2)
     """G: rollouts of the same segment per group (>= 2)."""
     segments_per_iteration: Integer = Field(2, ge=1)
@@ -290,6 +338,10 @@ class TrainConfig(BaseModel):
     network with its adapters off: no second copy of the LM)."""
     lora: LoraConfig | None = None
     """The adapters of ``trainable: lora`` (its defaults when omitted); refused otherwise."""
+    activation_checkpointing: bool = False
+    """The learner recomputes each transformer layer's activations in the backward pass instead of
+    keeping them (moshi's per-layer checkpointing): the same gradients, activation memory of one layer
+    instead of all (long segments with context at 7B), about one more forward pass of time."""
     dtype: choice("fp32", "bf16") = "fp32"
     """``bf16``: the env runners' LM and the reference in bfloat16, the learner's passes under bf16
     autocast over float32 master weights; ``fp32``: float32 everywhere."""
@@ -452,15 +504,16 @@ class TrainConfig(BaseModel):
         if value == TINY_MODEL:
             return TINY_MODEL
         if not isinstance(value, str) or not value.strip():
-            raise located("model", f"expected 'tiny' or a checkpoint folder, got {value!r}")
-        from duplexgym.agents.policies.checkpoint import resolve_checkpoint
+            raise located("model", f"expected 'tiny', a checkpoint folder or personaplex:FOLDER, got {value!r}")
+        from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex, resolve_checkpoint
 
-        path = Path(value).expanduser().resolve()
+        personaplex = is_personaplex(value)
+        path = Path(value[len(PERSONAPLEX_PREFIX):] if personaplex else value).expanduser().resolve()
         try:
-            resolve_checkpoint(path)  # finds the files, loads no weights
+            resolve_checkpoint(path, personaplex=personaplex)  # finds the files, loads no weights
         except ValueError as exc:
             raise located("model", str(exc)) from None
-        return str(path)
+        return f"{PERSONAPLEX_PREFIX}{path}" if personaplex else str(path)
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -497,6 +550,8 @@ class TrainConfig(BaseModel):
                                         "live dialogues (remove the field)")
         elif self.conversation is not None:
             raise located("conversation", "only used with env: conversation (set env: conversation, or remove it)")
+        if self.prompt is not None and not self.model.startswith("personaplex:"):
+            raise located("prompt", f"only used with model: personaplex:FOLDER (this config trains {self.model!r})")
         if self.lora is not None and self.trainable != "lora":
             raise located("lora", f"only used with trainable: lora (this config trains {self.trainable})")
         if self.num_learners > 1:
@@ -626,7 +681,11 @@ def _check_corpus(cfg: TrainConfig) -> None:
         )
         from duplexgym.corpora.codec import codec_id
 
-        mimi_id = codec_id(load_checkpoint_mimi(resolve_checkpoint(cfg.model), "cpu"))  # Mimi only, not the LM
+        from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex
+
+        personaplex = is_personaplex(cfg.model)
+        folder = cfg.model[len(PERSONAPLEX_PREFIX):] if personaplex else cfg.model
+        mimi_id = codec_id(load_checkpoint_mimi(resolve_checkpoint(folder, personaplex=personaplex), "cpu"))  # not the LM
         if mimi_id != corpus.codec_id:
             raise located("model", f"the Mimi of {cfg.model} is codec {mimi_id}, but the corpus {path} holds codes "
                                    f"of {corpus.codec_id}; build the corpus with this model's Mimi (`--codec PATH`)")

@@ -32,6 +32,8 @@ the last model frame (see below), so neither is needed.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -72,6 +74,25 @@ def build_teacher_codes(agent_tokens: Tensor, user_codes: Tensor) -> Tensor:
     return torch.cat([agent_tokens.long(), ahead], dim=1)
 
 
+@contextlib.contextmanager
+def _prefix_inputs(lm, embeddings: Tensor):
+    """While active, ``lm.transformer``'s input at positions ``0..E-1`` is ``embeddings`` ``[E, D]``."""
+    E = int(embeddings.shape[0])
+
+    def hook(module, args, kwargs):
+        x = args[0]
+        if x.shape[1] < E:
+            raise ValueError(f"an episode of {x.shape[1]} LM steps is shorter than its {E} prompt embeddings")
+        head = embeddings.to(device=x.device, dtype=x.dtype)[None].expand(x.shape[0], -1, -1)
+        return (torch.cat([head, x[:, E:]], dim=1), *args[1:]), kwargs
+
+    handle = lm.transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def logprob_mask(batch: int, frames: int, device=None) -> Tensor:
     """bool ``[B, 9, T]``: where :func:`token_logprobs` is defined (all but codebooks 1..7 of the last frame)."""
     mask = torch.ones(batch, 9, frames, dtype=torch.bool, device=device)
@@ -109,7 +130,8 @@ def sampled_logprob(logits: Tensor, tokens: Tensor, temp: float, top_k: int) -> 
 
 
 def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: float = 0.7,
-                   top_k_text: int = 25, temp: float = 0.8, top_k: int = 250, full: bool = False):
+                   top_k_text: int = 25, temp: float = 0.8, top_k: int = 250, full: bool = False,
+                   prefix_embeddings: Tensor | None = None):
     """float ``[B, 9, T]``: log-prob of each agent token (text, 8 codebooks) under the sampler's
     temperature and top-k, teacher-forced through ONE ``lm.forward`` pass (differentiable).
 
@@ -122,9 +144,17 @@ def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: floa
     ``full``: also return the whole distributions at the sampler's temperatures (no top-k), as
     ``(logp, text [B, T, text_card], audio [B, 8, T, card])`` log-probabilities (0 where undefined):
     what an exact KL needs.
+
+    ``prefix_embeddings`` ``[E, D]``: the transformer reads these instead of the token embeddings
+    at input positions ``0..E-1`` of every row (LM steps ``0..E-1``: a PersonaPlex voice prompt stored
+    as embeddings, :mod:`duplexgym.agents.policies.personaplex`); those positions' tokens are unread.
     """
     codes = build_teacher_codes(agent_tokens, user_codes).to(lm.device)
-    out = lm.forward(codes)
+    if prefix_embeddings is not None:
+        with _prefix_inputs(lm, prefix_embeddings):
+            out = lm.forward(codes)
+    else:
+        out = lm.forward(codes)
     # LMModel.forward fills invalid positions with NaN logits: zero them before the softmax (no NaN
     # in the backward pass either), and mark them NaN in the result.
     text_logits = torch.where(out.text_mask[..., None], out.text_logits, 0.0)[:, 0]  # [B, T, text_card]

@@ -32,7 +32,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         train = (self.model_config or {}).get("train") or {}
         self.trainable, self.dtype = train.get("trainable", "all"), train.get("dtype", "fp32")
         lm = prepare(load_policy_lm(self.model_source()), self.trainable, train.get("update_streams", "text"),
-                     train.get("lora"), self.dtype, learner=not self.inference_only)
+                     train.get("lora"), self.dtype, learner=not self.inference_only,
+                     checkpointing=bool(train.get("activation_checkpointing")))
         self.lm = lm
         if not self.inference_only and self.trainable != "lora":  # LoRA: the reference is the LM, adapters off
             self.ref_lm = load_policy_lm(self.model_source(), dtype=DTYPES[self.dtype])
@@ -40,6 +41,34 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
 
     def model_source(self) -> str:
         return (self.model_config or {}).get("model", TINY_MODEL)
+
+    def prompt(self, models=None):
+        """The PersonaPlex prompt of ``model: personaplex:...`` (``model_config["prompt"]``: text, voice),
+        else None. ``models``: the loaded checkpoint (its saved prompt fills what the config leaves out)."""
+        from duplexgym.agents.policies.checkpoint import is_personaplex
+
+        if not is_personaplex(self.model_source()):
+            return None
+        from duplexgym.agents.policies.personaplex import PersonaPlexPrompt, personaplex_prompt
+
+        given = (self.model_config or {}).get("prompt") or {}
+        if models is None:
+            return PersonaPlexPrompt(given.get("text"), given.get("voice"))
+        return personaplex_prompt(models, given.get("text"), given.get("voice"))
+
+    def prefix_embeddings(self) -> torch.Tensor | None:
+        """``[E, D]``: the input embeddings every episode's first ``E`` LM steps read instead of their
+        tokens (an official PersonaPlex voice ``.pt``), or None."""
+        if not hasattr(self, "_prefix_embeddings"):
+            from pathlib import Path
+
+            from duplexgym.agents.policies.personaplex import VOICE_EMBEDDINGS_SUFFIX, load_voice_embeddings
+
+            prompt = self.prompt()
+            voice = None if prompt is None else prompt.voice
+            embedded = voice is not None and Path(voice).suffix.lower() == VOICE_EMBEDDINGS_SUFFIX
+            self._prefix_embeddings = load_voice_embeddings(voice, dim=self.lm.dim).embeddings if embedded else None
+        return self._prefix_embeddings
 
     def get_non_inference_attributes(self):
         return ["ref_lm"]  # absent with trainable: lora (no second copy)
@@ -61,7 +90,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         s = self.sampler()
         with autocast(lm.device, self.dtype):
             return token_logprobs(lm, batch[AGENT_TOKENS].long(), batch[USER_CODES].long(), temp_text=s["temp_text"],
-                                  top_k_text=0, temp=s["temp"], top_k=0, full=full)
+                                  top_k_text=0, temp=s["temp"], top_k=0, full=full,
+                                  prefix_embeddings=self.prefix_embeddings())
 
     def ref_logprobs(self, batch, full: bool = False):
         """:meth:`logprobs` under the frozen reference (no grad): the separate reference LM, or with

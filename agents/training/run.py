@@ -65,7 +65,8 @@ MARK_NAME = "run.json"
 RUN_FILES = (METRICS_NAME, CONFIG_NAME, CURVE_NAME, "reward_curve.svg", MARK_NAME)
 RUN_FOLDERS = ("tensorboard",)
 #: The files ``export_policy`` writes into ``policy/``.
-POLICY_FILES = ("model.safetensors", "mimi.safetensors", "mimi_config.json", "config.json", "lora.safetensors")
+POLICY_FILES = ("model.safetensors", "mimi.safetensors", "mimi_config.json", "config.json", "lora.safetensors",
+                "personaplex_prompt.json", "voice.wav", "voice.flac", "voice.pt")
 
 
 class RunFolderError(ValueError):

@@ -69,7 +69,7 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             models = with_lm(module.model_source(), module.lm.eval(), device=module.lm.device)  # Mimi beside the LM
             seed = int(np.random.SeedSequence([sampling["seed"], 1, self.worker_index]).generate_state(1)[0])
             sampler = module.sampler()
-            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, **sampler)
+            self._agent = MoshiAgent(models, batch_size=self.num_envs, seed=seed, prompt=module.prompt(models), **sampler)
             self._text_logp = None  # [B] sampler log-prob of the text token drawn at the last step
             hook = self._agent.lm_gen.on_text_logits_hook
             temp_text = float(sampler["temp_text"])
@@ -176,11 +176,16 @@ class GroupEnvRunner(SingleAgentEnvRunner):
         segment = infos[0]["segment"] if segment is None else segment
         assert all(info["segment"] == segment for info in infos), "sub-envs must play the group's segment"
         agent.reset_batch(infos)
+        prompted = agent.prompt_frames[0] is not None
         eps = []
         for r in range(G):
             e = SingleAgentEpisode(observation_space=self.env.single_observation_space,
                                    action_space=self.env.single_action_space)
-            e.add_env_reset(observation=np.asarray(obs[r]), infos={k: v for k, v in infos[r].items() if k != "forced_prefix"})
+            reset_infos = {k: v for k, v in infos[r].items() if k != "forced_prefix"}
+            if prompted:  # the prompt phases lead the episode: forced, out of the loss, no reward
+                self._add_prompt(e, agent.prompt_frames[r], np.asarray(obs[r]), reset_infos)
+            else:
+                e.add_env_reset(observation=np.asarray(obs[r]), infos=reset_infos)
             e.custom_data.update(group=group_id, segment=segment, axis=infos[r]["axis"],
                                  forced_frames=int(infos[r]["forced_frames"]), episode_seed=int(agent.episode_seeds[r]),
                                  prefix_frames=int(infos[r].get("prefix_frames", 0)),
@@ -190,7 +195,8 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             eps.append(e)
         t, done = 0, np.zeros(G, bool)
         while not done.all():
-            previous = self._text_logp if t > 0 else None  # text of model frame t - 1 = env frame t
+            # the text of env frame t was drawn at the step before (after a prompt, its last step)
+            previous = self._text_logp if t > 0 or prompted else None
             self._text_logp = None
             actions = agent.act_batch(np.asarray(obs))
             if self._live:
@@ -224,6 +230,21 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                                               for name, t in (terms.get("terms") or {}).items() if t["weight"]},
                                            "dense": float(terms.get("dense") or 0.0)}
         return [e.to_numpy() for e in eps], t * G
+
+    @staticmethod
+    def _add_prompt(e: SingleAgentEpisode, frames, first_obs: np.ndarray, reset_infos: dict) -> None:
+        """Start episode ``e`` with the prompt's ``P`` LM steps (:class:`~duplexgym.agents.policies.personaplex.PromptFrames`):
+        observations the prompt's user frames, actions its forced frames, reward 0, all masked; the
+        env's reset observation follows them. ``custom_data["prompt_frames"] = P`` (env frame ``j``
+        is the episode's step ``P + j``)."""
+        e.add_env_reset(observation=frames.user[0].astype(first_obs.dtype), infos={**reset_infos, "prompt": True})
+        P = frames.frames
+        for j in range(P):
+            nxt = frames.user[j + 1].astype(first_obs.dtype) if j + 1 < P else first_obs
+            e.add_env_step(observation=nxt, action=frames.actions[j], reward=0.0,
+                           infos=reset_infos if j + 1 == P else {"prompt": True},
+                           extra_model_outputs={FORCED: np.bool_(True), Columns.ACTION_LOGP: np.float32(0.0)})
+        e.custom_data.update(prompt_frames=P, prompt_embedded=frames.embedded, prompt_text=frames.text)
 
     def _step_live(self, actions: np.ndarray, obs: np.ndarray, done: np.ndarray):
         """One step of the live sub-envs still playing (rows in ``done`` are left alone: their
