@@ -112,3 +112,29 @@ def test_bf16_agent_streams_on_cuda_and_matches_the_fp32_learner(small_corpus):
     both = torch.isfinite(bf16) & torch.isfinite(mixed)
     d = (bf16 - mixed)[both].abs()
     assert both[:, 0].any() and d.mean() <= 0.05 and d.max() <= 0.5
+
+
+def test_personaplex_prompted_agent_on_cuda_matches_the_cpu(tmp_path):
+    """The official prompt phases on the device (exec mask, CUDA graphs with the input-embedding
+    replacement of a .pt voice): greedy actions equal the CPU's, and a row prompted alone equals
+    the batch."""
+    from duplexgym.agents.policies.checkpoint import load_models
+    from duplexgym.agents.policies.personaplex import (PersonaPlexPrompt, save_tiny_personaplex,
+                                                        save_voice_embeddings, voice_embeddings_of)
+
+    folder = save_tiny_personaplex(tmp_path / "personaplex")
+    rng = np.random.default_rng(0)
+    voice = rng.integers(0, 2048, (12, 8))
+    pt = save_voice_embeddings(voice_embeddings_of(load_models(f"personaplex:{folder}").lm, voice), tmp_path / "v.pt")
+    user = rng.integers(0, 2048, (30, 8))
+    out = {}
+    for device in ("cpu", DEVICE):
+        agent = MoshiAgent(load_models(f"personaplex:{folder}", device=device), batch_size=2, temp=0.0, temp_text=0.0,
+                           prompt=PersonaPlexPrompt(voice=str(pt)))
+        agent.reset_batch([{"axis": "interruption", "forced_frames": 0}] * 2)
+        out[device] = np.stack([agent.act_batch(np.stack([u, u])) for u in user])  # [T, 2, 9]
+        agent.close()
+    assert np.array_equal(out["cpu"][:, 0], out["cpu"][:, 1])
+    agree = (out["cpu"] == out[DEVICE]).all(axis=2).mean()
+    assert agree >= 0.9, agree  # greedy: float rounding may flip a near-tie late in the stream
+    np.testing.assert_array_equal(out["cpu"][:5], out[DEVICE][:5])

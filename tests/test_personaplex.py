@@ -220,6 +220,14 @@ def test_prompt_config_is_checked(personaplex_dir, voice_files, small_corpus, tm
         load_train_config({**base, "model": f"personaplex:{personaplex_dir}", "prompt": {"text": {"chat": "x"}}})
     cfg = load_train_config({**base, "model": f"personaplex:{personaplex_dir}", "prompt": {"voice": str(voice_files[1])}})
     assert cfg.model == f"personaplex:{personaplex_dir.resolve()}"
+    from duplexgym.agents.training.plan import format_plan, training_plan
+
+    plan = training_plan(cfg)
+    tokenizer = load_models(f"personaplex:{personaplex_dir}").text_tokenizer
+    assert plan["prompt"] == {"voice": len(voice_files[2]), "silence": 12,
+                              "text": {axis: len(text_prompt_ids(FDB_TEXT_PROMPTS[axis], tokenizer))
+                                       for axis in cfg.axes}}
+    assert "PersonaPlex prompt before each rollout (forced, out of the loss): voice" in format_plan(plan)
 
 
 @pytest.mark.slow

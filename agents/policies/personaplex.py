@@ -515,3 +515,17 @@ def save_tiny_personaplex(folder: str | Path) -> Path:
     shutil.copyfile(find_text_tokenizer(), folder / TEXT_TOKENIZER_NAME)
     (folder / "config.json").write_text(json.dumps({**tiny_lm_kwargs(), "dep_q": PERSONAPLEX_DEP_Q}, indent=1) + "\n")
     return folder
+
+
+def prompt_lengths(prompt: PersonaPlexPrompt, tokenizer_path, axes) -> dict:
+    """LM steps of the prompt phases per axis, without loading the LM: ``{"voice": N, "silence": 12,
+    "text": {axis: n}}`` (a wav's N from its duration, a ``.pt``'s from its embeddings)."""
+    voice = 0
+    if prompt.voice is not None:
+        path = Path(prompt.voice)
+        if path.suffix.lower() in VOICE_AUDIO_SUFFIXES:
+            voice = len(read_voice_wav(path)) // FRAME_SAMPLES
+        else:
+            voice = load_voice_embeddings(path).frames
+    return {"voice": voice, "silence": 2 * PROMPT_SILENCE_FRAMES,
+            "text": {axis: len(text_prompt_ids(prompt.text_for(axis), tokenizer_path)) for axis in axes}}

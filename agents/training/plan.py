@@ -112,7 +112,8 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
                  "clip_eps": cfg.clip_eps, "normalization": cfg.normalization, "update_streams": cfg.update_streams},
         "reader": spec.activity.reader,
         "trainable": cfg.trainable, "lora": None if cfg.lora is None else cfg.lora.model_dump(mode="json"),
-        "dtype": cfg.dtype,
+        "dtype": cfg.dtype, "activation_checkpointing": cfg.activation_checkpointing,
+        "prompt": _prompt_plan(cfg, axes),
         "devices": {"env_runners": cfg.env_runners, "gpus_per_env_runner": cfg.gpus_per_env_runner,
                     "num_learners": cfg.num_learners, "gpus_per_learner": cfg.gpus_per_learner},
         "lead_in_frames": lead_frames,
@@ -123,6 +124,19 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
         "frames_total": total_frames, "generated_s_total": total_frames * FRAME_S,
         "judge_calls_per_iteration": judge_per_iter, "judge_calls_total": judge_per_iter * iterations,
     }
+
+
+def _prompt_plan(cfg: TrainConfig, axes: dict) -> dict | None:
+    """PersonaPlex: the LM steps of its prompt phases before each rollout, per axis (forced, out of the loss)."""
+    from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex, resolve_checkpoint
+
+    if not is_personaplex(cfg.model):
+        return None
+    from duplexgym.agents.policies.personaplex import PersonaPlexPrompt, prompt_lengths
+
+    info = resolve_checkpoint(cfg.model[len(PERSONAPLEX_PREFIX):], personaplex=True)
+    given = cfg.prompt.model_dump() if cfg.prompt is not None else {}
+    return prompt_lengths(PersonaPlexPrompt(given.get("text"), given.get("voice")), info.tokenizer, list(axes))
 
 
 def format_plan(plan: dict) -> str:
@@ -148,8 +162,14 @@ def format_plan(plan: dict) -> str:
     learners = f"{dev['num_learners']} learners (DDP)" if dev["num_learners"] > 1 else (
         "1 remote learner" if dev["num_learners"] else "the driver's learner")
     runners = f"{dev['env_runners']} env runner(s)" if dev["env_runners"] else "sampling in the driver"
-    lines.append(f"  trains {trained} in {plan['dtype']}; {learners} {on(dev['gpus_per_learner'])}, {runners} "
-                 f"{on(dev['gpus_per_env_runner'])}")
+    lines.append(f"  trains {trained} in {plan['dtype']}"
+                 + (" with activation checkpointing" if plan.get("activation_checkpointing") else "")
+                 + f"; {learners} {on(dev['gpus_per_learner'])}, {runners} {on(dev['gpus_per_env_runner'])}")
+    if plan.get("prompt"):
+        p = plan["prompt"]
+        texts = ", ".join(f"{axis} {n}" for axis, n in p["text"].items())
+        lines.append(f"  PersonaPlex prompt before each rollout (forced, out of the loss): voice {p['voice']} + "
+                     f"silence {p['silence']} + text ({texts}) LM steps")
     lines.append(f"  loss: advantage {loss['advantage']}, kl {loss['kl']} x {loss['kl_coef']:g}, clip "
                  f"{loss['clip_eps']:g}, {loss['normalization']} normalisation, streams {loss['update_streams']}; "
                  f"reader {plan['reader']}")
