@@ -10,7 +10,9 @@ same weights (``save_tiny_personaplex``: 16 depformer steps in the fork's layout
    must equal the agent's action at env frame ``t`` (the fork answers one call later);
 2. the official voice ``.pt`` the fork writes (``save_voice_prompt_embeddings``) against
    :func:`~duplexgym.agents.policies.personaplex.voice_embeddings_of` (embeddings and cache), and the
-   agent prompted with the fork's ``.pt`` instead of the codes gives the same actions.
+   agent prompted with the fork's ``.pt`` instead of the codes gives the same actions;
+3. :func:`~duplexgym.agents.policies.personaplex.check_moshi_package` refuses the fork when it is the
+   ``moshi`` on the path.
 
     python benchmarks/personaplex_parity.py --fork /path/to/personaplex/moshi
 
@@ -56,6 +58,12 @@ for mode in ("audio", "embeddings"):
             out = gen.step(torch.from_numpy(user[t][None, :, None]))
             outs.append(None if out is None else out[0, :9, 0].tolist())
     results[mode] = outs
+from duplexgym.agents.policies.personaplex import check_moshi_package
+try:  # duplexgym refuses to run on the fork
+    check_moshi_package()
+    results["fork_refused"] = None
+except RuntimeError as exc:
+    results["fork_refused"] = str(exc)
 json.dump(results, open(f"{work}/fork_out.json", "w"))
 '''
 
@@ -65,6 +73,9 @@ class _FixedPrompt:
 
     def __init__(self, frames):
         self.frames = frames
+
+    def voice_of(self, mimi, lm):
+        return None
 
     def frames_for(self, axis, tokenizer_path, mimi, lm):
         return self.frames
@@ -119,9 +130,11 @@ def main(argv=None) -> int:
     computed = voice_embeddings_of(models.lm, voice)
     report["voice_embeddings_max_abs_diff"] = float((written.embeddings - computed.embeddings).abs().max())
     report["voice_cache_equal"] = bool((written.cache == computed.cache).all())
+    report["fork_refused_with"] = fork["fork_refused"]
     ok = (report["audio_frames_equal"] == report["audio_frames_compared"] > 0
           and report["embeddings_frames_equal"] == report["embeddings_frames_compared"]
-          and report["voice_cache_equal"] and report["voice_embeddings_max_abs_diff"] < 1e-5)
+          and report["voice_cache_equal"] and report["voice_embeddings_max_abs_diff"] < 1e-5
+          and bool(report["fork_refused_with"]))
     report["ok"] = bool(ok)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")

@@ -277,6 +277,7 @@ class DuplexReplayEnv(gym.Env):
         n = p + f
         self._segment, self._n, self._t = seg, n, 0
         self._lead, self._ctx, self._p = lead, context, p
+        self._decoded = None  # (codes [8, f], audio [f * 1920]) given by provide_decoded_audio
         if self.obs_mode == "codes":
             silence = np.tile(self._silence_codes() if lead else np.zeros(MIMI_CODEBOOKS, np.int64), (lead, 1))
             parts = [silence, ctx_codes[0].T.astype(np.int64), self.corpus.codes(seg)[0].T.astype(np.int64)]
@@ -442,10 +443,26 @@ class DuplexReplayEnv(gym.Env):
             raise ValueError(f"waveform action must lie in [-1, 1], got samples from {lo:.3f} to {hi:.3f}")
         return a
 
+    def provide_decoded_audio(self, codes: np.ndarray, audio: np.ndarray) -> None:
+        """The agent's audio of this episode's segment frames decoded elsewhere (a trainer's runner
+        decodes its whole group in one Mimi batch on its device): codes ``[8, segment_frames]`` and
+        float32 ``[segment_frames * 1920]``. The vad reader reads it at the episode's end instead of
+        decoding the record, if the record's codes are these (else the env decodes them itself)."""
+        f = self._segment.n_frames
+        codes, audio = np.asarray(codes), np.asarray(audio, dtype=np.float32)
+        if codes.shape != (MIMI_CODEBOOKS, f) or audio.shape != (f * FRAME_SAMPLES,):
+            raise ValueError(f"decoded audio of this episode: codes [{MIMI_CODEBOOKS}, {f}] and [{f * FRAME_SAMPLES}] "
+                             f"samples, got {codes.shape} and {audio.shape}")
+        self._decoded = (codes.astype(np.int16), audio)
+
     def _finish(self, dense_last: float, info: dict) -> float:
         dense_total = float(self._rewards[self._p : self._n - 1].sum()) + dense_last
         record = self._make_record()
-        terms = score_episode(record, self.reward_spec, dense_total, stored=self._stored_terms)
+        decoded = None
+        if self._decoded is not None and record.audio_codes is not None \
+                and np.array_equal(self._decoded[0], record.audio_codes):
+            decoded = self._decoded[1]
+        terms = score_episode(record, self.reward_spec, dense_total, stored=self._stored_terms, decoded=decoded)
         self._record = EpisodeRecord(**{**record.__dict__, "reward_terms": terms})
         info["reward_terms"] = terms
         return terms["reward"]

@@ -41,7 +41,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from duplexgym.config import STRICT, Flag, Number, Text, choice, located
-from duplexgym.constants import FRAME_S, SAMPLE_RATE, TEXT_PAD_IDS
+from duplexgym.constants import FRAME_S, FRAME_SAMPLES, SAMPLE_RATE, TEXT_PAD_IDS
 
 READERS = ("vad", "text")
 Reader = choice(*READERS)
@@ -278,11 +278,18 @@ def _mimi(spec: str):
 
 
 def agent_speech(record: EpisodeRecord, params: ActivityParams = ActivityParams(),
-                 metrics: MetricsParams | None = None) -> AgentSpeech:
+                 metrics: MetricsParams | None = None, decoded: np.ndarray | None = None) -> AgentSpeech:
     """The agent's speech in ``record``, read as ``params.reader`` says; with ``metrics``, also
     the benchmark's view of the output (``.output``, module docstring) for the ``fdb_*`` metrics:
     an :class:`AudioOutput` when they need the audio (the vad reader, or ``source: asr``), else
-    the text stream's own (label ``text``)."""
+    the text stream's own (label ``text``). ``decoded``: the record's Mimi codes already decoded
+    (float32 ``[F*1920]``, e.g. a whole group in one batch on a GPU), used instead of decoding them."""
+    if decoded is not None:
+        n = record.segment.n_frames * FRAME_SAMPLES
+        if record.audio is not None or np.shape(decoded) != (n,):
+            raise ValueError(f"episode {record.segment.id}: decoded audio must be [{n}] samples of a tokens-mode "
+                             f"record, got {np.shape(decoded)}")
+        record = dataclasses.replace(record, audio=np.asarray(decoded, dtype=np.float32))
     audio = None
     if params.reader == "text":
         if record.text_tokens is None:

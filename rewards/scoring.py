@@ -26,18 +26,19 @@ def applicable_terms(axis: str, spec: RewardSpec) -> dict:
 
 
 def score_episode(record: EpisodeRecord, spec: RewardSpec, dense_total: float = 0.0,
-                  stored: dict | None = None) -> dict:
+                  stored: dict | None = None, decoded=None) -> dict:
     """The ``reward_terms`` of ``record`` (module docstring). ``dense_total``: shaping already paid.
 
     ``stored``: ``{term name: {"value", "metrics"}}`` (a saved record's ``reward_terms["terms"]``
     entries; ``{"failed": message}`` for a term that failed there) to take as they are instead of
     computing them, with the spec's weight: how a replay reproduces a judge's rating without
-    contacting the judge's server."""
+    contacting the judge's server. ``decoded``: the agent's audio decoded from the record's codes
+    elsewhere (:func:`~duplexgym.rewards.activity.agent_speech`)."""
     seg = record.segment
     terms = applicable_terms(seg.axis, spec)
     result = {"axis": seg.axis, "reward": 0.0, "terms": {}, "failed": {}, "dense": float(dense_total)}
     try:
-        speech = agent_speech(record, spec.activity, spec.metrics)
+        speech = agent_speech(record, spec.activity, spec.metrics, decoded=decoded)
     except Exception as exc:  # noqa: BLE001 - reported per term, never scored
         for name in terms:
             result["failed"][name] = f"reading agent speech: {type(exc).__name__}: {exc}"

@@ -194,6 +194,7 @@ def test_lora_bf16_run_with_the_vad_reader_moves_only_adapters_syncs_exports_and
 
     full = run_training(cfg(tmp_path / "full"), on_checkpoint=on_checkpoint)
     assert all(np.isfinite(r["loss"]) for r in full["iterations"])
+    assert all(r["sync"] == "direct" for r in full["iterations"])  # learner and runner in this process: in place
     # the vad reader's rewards are what rescoring the same rollouts gives
     env = DuplexReplayEnv(small_corpus, axes=("turn",), obs_mode="codes", action_mode="tokens", rewards=rewards)
     spec = load_spec(rewards)

@@ -233,6 +233,9 @@ def test_prompt_config_is_checked(personaplex_dir, voice_files, small_corpus, tm
 @pytest.mark.slow
 def test_grpo_on_personaplex_records_the_prompt_forced_and_out_of_the_loss(personaplex_dir, voice_files, small_corpus,
                                                                         tmp_path):
+    """Also the group decode of the vad reader (``reward_decode: group``, forced on CPU): the runner
+    decodes the group's codes in one Mimi batch, and each rollout's reward is the rescoring of its
+    record read from that audio (which is the one-by-one decode to float rounding)."""
     from duplexgym.agents.training import driver
     from duplexgym.agents.training.batch import build_group_batch
     from duplexgym.agents.training.connector import episode_record
@@ -241,7 +244,8 @@ def test_grpo_on_personaplex_records_the_prompt_forced_and_out_of_the_loss(perso
     cfg = load_train_config({
         "corpus": str(small_corpus), "out": str(tmp_path / "run"), "model": f"personaplex:{personaplex_dir}",
         "prompt": {"voice": str(pt)}, "group_size": 2, "segments_per_iteration": 1, "iterations": 1,
-        "axes": ["interruption"], "lr": 1e-3, "seed": 2, "rewards": {"activity": {"reader": "text"}}})
+        "axes": ["interruption"], "lr": 1e-3, "seed": 2, "rewards": {"activity": {"reader": "vad"}},
+        "reward_decode": "group"})
     from duplexgym.agents.training.checkpoints import export_policy
 
     seen = []
@@ -249,7 +253,7 @@ def test_grpo_on_personaplex_records_the_prompt_forced_and_out_of_the_loss(perso
     driver.train_policy(cfg, on_iteration=lambda algo, m: seen.append((m, list(algo.last_episodes),
                                                                         export_policy(algo, policy))))
     (m, episodes, _), = seen
-    assert np.isfinite(m["loss"]) and m["episodes"] == 2
+    assert np.isfinite(m["loss"]) and m["episodes"] == 2 and 0 < m["reward_share"] < 1
     # the learner's teacher-forced pass (prompt frames prepended, the voice read as embeddings)
     # reproduces the sampler's text log-probs
     assert m["sampler_logp_gap"] < 1e-4
@@ -265,6 +269,27 @@ def test_grpo_on_personaplex_records_the_prompt_forced_and_out_of_the_loss(perso
         assert (np.asarray(e.get_rewards())[:P] == 0).all()
         mask = build_group_batch([episode_record(e)])["loss_mask"][0]  # model frame f = step f + 1
         assert not mask[: P - 1].any() and mask[P - 1 + e.custom_data["forced_frames"]:].any()
+    # the vad reader read the group's batched decode: rescoring each record from it gives its reward
+    from duplexgym.corpora.codec import decode, load_mimi
+    from duplexgym.envs.replay import DuplexReplayEnv
+    from duplexgym.rewards.scoring import score_episode
+
+    env = DuplexReplayEnv(small_corpus, axes=("interruption",), obs_mode="codes", action_mode="tokens",
+                          rewards=cfg.rewards)
+    records = []
+    for e in episodes:
+        env.reset(options={"segment": e.custom_data["segment"]})
+        for a in np.asarray(e.get_actions())[e.custom_data["prompt_frames"]:]:
+            env.step(a)
+        records.append(env.episode_record())
+    mimi = load_mimi("tiny")
+    batch = decode(mimi, np.stack([r.audio_codes.astype(np.int64) for r in records]))
+    assert {e.custom_data["reward_decode"] for e in episodes} == {"group"}
+    for e, record, audio in zip(episodes, records, batch):
+        assert np.abs(audio - decode(mimi, record.audio_codes.astype(np.int64))).max() < 1e-5
+        dense = float(record.rewards[:-1].sum())
+        terms = score_episode(record, env.reward_spec, dense, decoded=audio)
+        assert terms["reward"] + dense == pytest.approx(e.custom_data["reward"], abs=1e-9)
     saved = json.loads((policy / "personaplex_prompt.json").read_text())
     assert saved == {"text": None, "voice": "voice.pt"} and (policy / "voice.pt").read_bytes() == pt.read_bytes()
     env = _interruption_env(small_corpus)

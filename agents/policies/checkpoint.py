@@ -119,6 +119,14 @@ class MoshiModels:
 # The tiny Moshi
 
 
+@functools.lru_cache(maxsize=1)
+def _check_moshi() -> None:
+    """Stock moshi 0.2.x, not NVIDIA's PersonaPlex fork, must be installed (:func:`.personaplex.check_moshi_package`)."""
+    from duplexgym.agents.policies.personaplex import check_moshi_package
+
+    check_moshi_package()
+
+
 def is_personaplex(source) -> bool:
     """Whether a model source names a PersonaPlex checkpoint (``personaplex:PATH``)."""
     return isinstance(source, str) and source.startswith(PERSONAPLEX_PREFIX)
@@ -217,6 +225,7 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
     mistral-common is installed). Raises :class:`CheckpointError` for anything unusable, naming
     the file and what to do.
     """
+    _check_moshi()
     if isinstance(source, str) and source == TINY_MODEL:
         tokenizer = find_text_tokenizer(text_tokenizer)
         models = MoshiModels(build_tiny_lm(device, dtype), load_mimi(TINY_MODEL, device), tokenizer,
@@ -237,6 +246,7 @@ def load_policy_lm(source: str | os.PathLike, device: str | torch.device = "cpu"
                    dtype: torch.dtype = torch.float32) -> LMModel:
     """Only the LM of ``source`` (``"tiny"`` or a checkpoint folder), as :func:`load_models` loads it:
     what a trainer builds twice (policy and frozen reference) without loading Mimi each time."""
+    _check_moshi()
     if isinstance(source, str) and source == TINY_MODEL:
         return build_tiny_lm(device, dtype)
     if is_personaplex(source):

@@ -45,6 +45,17 @@ for frames ``< k`` are therefore read back from the model's own streams and equa
 exactly (tested); frame 0's forced tokens are returned as given (no model frame holds them).
 A waveform-action env's prefix (``[k, 1920]``) is refused: the agent acts in tokens.
 
+## Prompt phases (PersonaPlex)
+``prompt`` (a :class:`~duplexgym.agents.policies.personaplex.PersonaPlexPrompt`, or any object with
+its ``voice_of(mimi, lm)`` and ``frames_for(axis, tokenizer, mimi, lm)``): at each row reset the
+agent runs that episode's :class:`~duplexgym.agents.policies.personaplex.PromptFrames` (``P`` LM steps,
+user stream given, every agent stream forced, as one forced prefix with the env's own after it)
+before the env's first frame; the other rows do not execute (the LMGen's exec mask) and draw no
+noise. Steps of an embeddings voice read its stored input embeddings (a pre-hook of the LM's
+transformer, branch-free for CUDA graphs). Env frame 0 is then the model frame of LM step ``P``
+(its text and codebook 0 sampled at the last prompt step), so no silence frame stands in for it;
+``prompt_frames[r]`` is what row ``r``'s episode started with.
+
 ## Sampling and seeds
 Top-k sampling with temperature as moshi's ``sample_token`` (``temp``/``top_k`` for audio,
 ``temp_text``/``top_k_text`` for text; a temperature <= 0 is greedy), drawn with the Gumbel-max

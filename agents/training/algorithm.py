@@ -26,6 +26,7 @@ from gymnasium import spaces
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.connectors.learner import NumpyToTensor
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from duplexgym.constants import (
@@ -130,6 +131,20 @@ class GroupSamplingAlgorithm(Algorithm):
         os.makedirs(logdir, exist_ok=True)
         self._logdir = logdir
 
+    def sync_weights(self) -> str:
+        """The learner's weights into the sampling runners. A learner and a runner in this process
+        (``num_learners: 0``, ``env_runners: 0``): the trained tensors are copied in place, tensor to
+        tensor on their devices (``"direct"``); otherwise RLlib's sync (each module's state as numpy
+        through Ray's object store, ``"numpy"``)."""
+        group = self.env_runner_group
+        if self.learner_group.is_local and not self.sampling_remote() and group.local_env_runner is not None:
+            source = self.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
+            target = group.local_env_runner._module()
+            source.copy_weights_to(target)
+            return "direct"
+        group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        return "numpy"
+
     def sampling_remote(self) -> bool:
         """True when remote env runners sample (the local one then has no env)."""
         return self.env_runner_group.num_remote_env_runners() > 0
@@ -190,7 +205,7 @@ class GroupSamplingAlgorithm(Algorithm):
             steps += epochs
         update_s = time.perf_counter() - t1
         t2 = time.perf_counter()
-        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        sync_path = self.sync_weights()
         sync_s = time.perf_counter() - t2
         by_axis: dict[str, list] = {}
         scores: dict[str, list] = {}
@@ -200,8 +215,13 @@ class GroupSamplingAlgorithm(Algorithm):
                 scores.setdefault(e.custom_data["axis"], []).append(e.custom_data["score"])
         self.last_episodes = episodes
         total = sample_s + update_s + sync_s
+        # the reward's share: scoring seconds (decode, silero, terms) over the runners, which sample in parallel
+        reward_s = float(sum(e.custom_data.get("reward_s", 0.0) for e in episodes))
+        parallel = max(1, int(self.config.num_env_runners))
         self.last_iteration = {"episodes": len(episodes), "frames": frames, "sample_s": sample_s, "update_s": update_s,
-                          "sync_s": sync_s, "learner_share": update_s / total if total > 0 else float("nan"),
+                          "sync_s": sync_s, "sync": sync_path,
+                          "learner_share": update_s / total if total > 0 else float("nan"),
+                          "reward_s": reward_s, "reward_share": reward_s / parallel / total if total > 0 else float("nan"),
                           "frames_per_s": frames / sample_s if sample_s > 0 else float("nan"),
                           "iteration_frames_per_s": frames / total if total > 0 else float("nan"),
                           "reward_mean": {a: float(np.mean(v)) for a, v in by_axis.items()},
@@ -213,7 +233,7 @@ class GroupSamplingAlgorithm(Algorithm):
                           "segments": sorted({e.custom_data["segment"] for e in episodes})}
         # Also where RLlib logs (the result dict of ``algo.train()``, and Tune's loggers under Tune):
         # the numbers of the iteration's progress line, under RESULT_KEY.
-        self.metrics.log_dict({k: v for k, v in self.last_iteration.items() if k not in ("groups", "segments")},
+        self.metrics.log_dict({k: v for k, v in self.last_iteration.items() if k not in ("groups", "segments", "sync")},
                               key=RESULT_KEY, window=1)
         return None
 
@@ -250,7 +270,8 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
         raise ValueError(f"segments_per_iteration={cfg.segments_per_iteration} must split evenly over "
                          f"{n_runners} env runners")
     sampling = {"seed": int(cfg.seed), "groups_per_runner": cfg.segments_per_iteration // n_runners,
-                "iterations": int(cfg.iterations), "context": cfg.context.model_dump()}
+                "iterations": int(cfg.iterations), "context": cfg.context.model_dump(),
+                "reward_decode": cfg.reward_decode}
     segments = segments if segments is not None else cfg.segments
     env_config = {"corpus": str(cfg.corpus), "axes": list(cfg.axes), "segments": list(segments) if segments else None,
                   "axis_weights": cfg.axis_weights, "rewards": cfg.rewards, "sampling": sampling,

@@ -292,7 +292,7 @@ def restore_training_checkpoint(algo, path: str | os.PathLike, trust_pickled: bo
         tensors = {f"module/{k}": v for k, v in load_file(str(path / MODULE_WEIGHTS_NAME)).items()}
         tensors.update({f"optimizer/{k}": v for k, v in load_file(str(path / OPTIMIZER_STATE_NAME)).items()})
         on_learners(algo, lambda learner: apply_learner_state(learner, tensors, meta))
-    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+    algo.sync_weights()
 
     def apply(runner, states=states):
         state = states.get(int(runner.worker_index))

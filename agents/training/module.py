@@ -124,6 +124,20 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         """The state keys of the parameters the learner updates (``requires_grad``)."""
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
+    def copy_weights_to(self, other: "MoshiRLModule") -> int:
+        """What a weight sync carries (the trained tensors; with ``trainable: all`` every tensor the
+        other module has) copied into ``other``'s own tensors in place, each on its device and in its
+        dtype: the in-process sync, without RLlib's numpy round trip. Returns the bytes copied."""
+        own, theirs = self.state_dict(), other.state_dict()
+        names = self.trained_names() if self.trainable != "all" else set(own) - {k for k in own if k.startswith("ref_lm.")}
+        names &= set(theirs)
+        nbytes = 0
+        with torch.no_grad():
+            for name in sorted(names):
+                theirs[name].copy_(own[name])
+                nbytes += theirs[name].numel() * theirs[name].element_size()
+        return nbytes
+
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
         """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
         weight sync (``inference_only``): without the learner-only attributes, and with

@@ -10,6 +10,8 @@ and the row's actions are dropped."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from duplexgym.agents.policies.base import row_infos
 from duplexgym.agents.policies.checkpoint import with_lm
@@ -92,9 +94,35 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             # records carry the agent's decoded words (the judges read them), as in evaluation
             self.env.unwrapped.call("set_text_tokenizer", self._agent.text_tokenizer_path)
             self._live = env_config.get("env") == "conversation"
+            self._decoder = self._group_decoder(sampling.get("reward_decode", "auto"), module.lm.device)
             self._sampler = None if self._live else SegmentSampler(
                 corpus, tuple(env_config["axes"]), env_config.get("axis_weights"), env_config.get("segments"))
         return self._agent
+
+    def _group_decoder(self, mode: str, device):
+        """The Mimi that decodes a whole group's codes for the ``vad`` reader on the runner's device
+        (``reward_decode``: group, or auto on a GPU), or None: each env decodes its own rollout."""
+        base = self.env.unwrapped.envs[0].unwrapped
+        reader = getattr(getattr(base, "reward_spec", None), "activity", None)
+        if self._live or getattr(reader, "reader", None) != "vad" or getattr(base, "action_mode", None) != "tokens":
+            return None
+        if mode == "episode" or (mode == "auto" and device.type == "cpu"):
+            return None
+        from duplexgym.corpora.codec import load_mimi
+
+        return load_mimi(base.codec, device)  # the env's codec: the corpus' (checked against the agent's)
+
+    def _decode_group(self, history: list, infos: list) -> None:
+        """Decode every row's segment frames (``history``: the group's ``[G, 9]`` actions per env
+        frame, the last step's included) in one Mimi batch and hand each env its audio."""
+        from duplexgym.corpora.codec import decode
+
+        acts = np.stack(history, axis=1)  # [G, N, 9]
+        p = int(infos[0]["prefix_frames"])
+        codes = np.ascontiguousarray(acts[:, p:, 1:].transpose(0, 2, 1))  # [G, 8, F]
+        audio = decode(self._decoder, codes)  # [G, F * 1920]
+        for r, env in enumerate(self.env.unwrapped.envs):
+            env.unwrapped.provide_decoded_audio(codes[r], audio[r])
 
     def sampler_state(self) -> dict:
         """The segment schedule's state: the segment RNG, the group counter, the agent's episode
@@ -194,6 +222,8 @@ class GroupEnvRunner(SingleAgentEnvRunner):
                 e.custom_data.update(dialogue=infos[r]["dialogue"], user_seed=int(infos[r]["user_seed"]))
             eps.append(e)
         t, done = 0, np.zeros(G, bool)
+        history, reward_s = [], 0.0  # the group's actions per env frame; seconds of the reward's decode + scoring
+        last = int(infos[0]["n_frames"]) - 1 if not self._live else -1
         while not done.all():
             # the text of env frame t was drawn at the step before (after a prompt, its last step)
             previous = self._text_logp if t > 0 or prompted else None
@@ -202,7 +232,15 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             if self._live:
                 obs, rewards, terms, truncs, step_infos = self._step_live(actions, obs, done)
             else:
+                t0 = time.perf_counter()
+                if t == last and self._decoder is not None:  # every row ends here: decode the group at once
+                    history.append(actions)
+                    self._decode_group(history, infos)
                 obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
+                if t == last:  # the final step scores every rollout (its decode and silero, if not done above)
+                    reward_s = time.perf_counter() - t0
+                elif self._decoder is not None:
+                    history.append(actions)
                 step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
             for r in range(G):
                 if done[r]:
@@ -219,6 +257,8 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             t += 1
         for e in eps:
             e.custom_data["reward"] = float(e.get_return())
+            e.custom_data["reward_s"] = reward_s / G  # the group's scoring time, shared out
+            e.custom_data["reward_decode"] = "group" if self._decoder is not None else "episode"
             terms = e.get_infos(-1).get("reward_terms") or {}
             axis_term = spec_axis_term(terms.get("terms") or {}, e.custom_data["axis"])
             if self._live:  # the dialogue's reward over its events, without the dense shaping

@@ -74,7 +74,7 @@ from duplexgym.runtime import telemetry_off, temporary_environ
 TENSORBOARD_DIR = "tensorboard"
 #: Row keys logged as ``train/<key>`` (when present and finite).
 TRAIN_KEYS = ("kl", "loss", "policy_loss", "value_loss", "clip_fraction", "approx_kl", "frames_per_s",
-              "learner_share", "lr", "grad_norm", "sampler_logp_gap", "failed_episodes")
+              "learner_share", "reward_share", "lr", "grad_norm", "sampler_logp_gap", "failed_episodes")
 #: Per-axis row keys, and the prefix of their tags.
 AXIS_KEYS = (("reward_mean", "reward"), ("score_mean", "score"))
 #: The fields of ``tracking``.
