@@ -161,7 +161,8 @@ class MoshiAgent:
     protocol. Sampling: ``temp``/``top_k`` (audio), ``temp_text``/``top_k_text`` (text), Moshi's
     defaults. ``text_tokenizer``: a SentencePiece model overriding the source's (the tiny source
     finds mistral-common's). See the module docstring for the frame alignment, the forced prefix
-    and seeding.
+    and seeding. ``prompt``: the prompt phases each episode starts with (module docstring; a
+    ``personaplex:DIR`` source without one is prompted as :func:`~.personaplex.personaplex_prompt` says).
 
     >>> agent = MoshiAgent("tiny", seed=0)                      # doctest: +SKIP
     >>> agent.check_codec(env.unwrapped.corpus.codec_id)        # doctest: +SKIP
@@ -224,7 +225,12 @@ class MoshiAgent:
         self.episode_seeds = np.zeros(B, dtype=np.uint64)
         self.episodes_started = 0
 
-        # Prompt phases run at each reset before the episode (PersonaPlex: .personaplex.PersonaPlexPrompt)
+        # Prompt phases run at each reset before the episode (PersonaPlex: .personaplex.PersonaPlexPrompt);
+        # a PersonaPlex source without one gets its saved prompt, else the official FD-Bench prompts
+        if prompt is None and models.personaplex:
+            from duplexgym.agents.policies.personaplex import personaplex_prompt
+
+            prompt = personaplex_prompt(models)
         self.prompt = prompt
         self.prompt_frames: list = [None] * B  # per row: the PromptFrames its episode started with
         self._p = np.zeros(B, dtype=np.int64)  # prompt frames of the row's episode
