@@ -15,7 +15,7 @@ mkdir -p .whl
   --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
   moshi==0.2.13 gymnasium==1.2.2 farama-notifications==0.0.4 silero-vad==6.2.3 soundfile==0.14.0 \
   cffi==2.1.1 pycparser==3.12 soxr==1.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
-  typing-inspection==0.4.5 mistral-common==1.13.1
+  typing-inspection==0.4.5 mistral-common==1.13.1 pyloudnorm==0.2.0
 if [ ! -f runs/gpu-corpus/corpus.json ]; then
   "$PY" -m duplexgym.cli corpus build synthetic --out runs/gpu-corpus --dialogues 4 --codec tiny
 fi
