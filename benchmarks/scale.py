@@ -67,10 +67,11 @@ def lm_kwargs(size: str) -> dict:
 
 def build_lm(size: str, device: torch.device, dtype: torch.dtype):
     """The LM of ``size`` with random weights (moshi's own initialisation), in eval mode."""
+    from duplexgym.agents.policies.checkpoint import LORA_KWARGS
     from moshi.models.lm import LMModel
 
     torch.manual_seed(0)
-    kwargs = {k: v for k, v in lm_kwargs(size).items() if k not in ("lora", "lora_rank", "lora_scaling")}
+    kwargs = {k: v for k, v in lm_kwargs(size).items() if k not in LORA_KWARGS}
     return LMModel(device=device, dtype=dtype, **kwargs).eval()
 
 

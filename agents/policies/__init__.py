@@ -23,22 +23,22 @@ def make_agent(name: str, env, text_prompt: str | None = None, voice_prompt: str
     ``personaplex:DIR`` is prompted (:mod:`.personaplex`) with ``text_prompt`` / ``voice_prompt``,
     else the folder's saved prompt, else the official Full-Duplex-Bench text prompt of each axis."""
     base = env.unwrapped
-    if (text_prompt is not None or voice_prompt is not None) and not name.startswith("personaplex:"):
+    personaplex = name.startswith("personaplex:")
+    if (text_prompt is not None or voice_prompt is not None) and not personaplex:
         raise ValueError(f"text and voice prompts are for personaplex:DIR agents, not {name!r}")
-    if name.startswith("personaplex:"):
-        from duplexgym.agents.policies.checkpoint import load_models
-        from duplexgym.agents.policies.moshi_agent import MoshiAgent
-        from duplexgym.agents.policies.personaplex import personaplex_prompt
-
-        models = load_models(name)
-        agent = MoshiAgent.for_env(env, models, prompt=personaplex_prompt(models, text_prompt, voice_prompt))
-        agent.name = "personaplex"
-        base.set_text_tokenizer(agent.text_tokenizer_path)
-        return agent
-    if name == "moshi" or name.startswith("moshi:"):  # the tiny random Moshi, or moshi:CHECKPOINT_DIR
+    if name == "moshi" or name.startswith("moshi:") or personaplex:  # tiny, moshi:DIR, personaplex:DIR
         from duplexgym.agents.policies.moshi_agent import MoshiAgent
 
-        agent = MoshiAgent.for_env(env, name.partition(":")[2] or "tiny")
+        prompt = None
+        source = name if personaplex else name.partition(":")[2] or "tiny"
+        if personaplex:
+            from duplexgym.agents.policies.checkpoint import load_models
+            from duplexgym.agents.policies.personaplex import personaplex_prompt
+
+            source = load_models(name)
+            prompt = personaplex_prompt(source, text_prompt, voice_prompt)
+        agent = MoshiAgent.for_env(env, source, prompt=prompt)
+        agent.name = "personaplex" if personaplex else agent.name
         base.set_text_tokenizer(agent.text_tokenizer_path)
         return agent
     if name == "vad":  # the rule-based turn-taker (agents/vad_agent.py) also needs the observation mode

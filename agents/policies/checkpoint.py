@@ -107,7 +107,7 @@ class MoshiModels:
     lm_kwargs: dict
     source: str
     lm_gen_config: dict = field(default_factory=dict)
-    #: A PersonaPlex folder's saved prompt (``personaplex_prompt`` of its config.json: text, voice path)
+    #: A PersonaPlex folder's saved prompt (its ``personaplex_prompt.json``: text, voice file name)
     prompt_config: dict | None = None
 
     @property
@@ -132,11 +132,20 @@ def is_personaplex(source) -> bool:
     return isinstance(source, str) and source.startswith(PERSONAPLEX_PREFIX)
 
 
-def _personaplex_path(source: str) -> str:
-    path = source[len(PERSONAPLEX_PREFIX):]
+def source_folder(source: str | os.PathLike) -> str:
+    """The checkpoint folder a model source names (``personaplex:PATH`` -> ``PATH``)."""
+    if not is_personaplex(source):
+        return str(source)
+    path = str(source)[len(PERSONAPLEX_PREFIX):]
     if not path:
         raise CheckpointError("personaplex: needs a checkpoint folder (personaplex:PATH)")
     return path
+
+
+def resolve_source(source: str | os.PathLike, text_tokenizer: str | os.PathLike | None = None
+                   ) -> loaders.CheckpointInfo:
+    """:func:`resolve_checkpoint` of a model source's folder, as a PersonaPlex one when it says ``personaplex:``."""
+    return resolve_checkpoint(source_folder(source), text_tokenizer, personaplex=is_personaplex(source))
 
 
 def tiny_lm_kwargs() -> dict:
@@ -230,14 +239,9 @@ def load_models(source: str | os.PathLike, text_tokenizer: str | os.PathLike | N
         tokenizer = find_text_tokenizer(text_tokenizer)
         models = MoshiModels(build_tiny_lm(device, dtype), load_mimi(TINY_MODEL, device), tokenizer,
                              tiny_lm_kwargs(), TINY_MODEL)
-    elif is_personaplex(source):
-        info = resolve_checkpoint(_personaplex_path(source), text_tokenizer, personaplex=True)
-        models = with_lm(source, _load_personaplex(info, device, dtype), device, info)
     else:
-        info = resolve_checkpoint(source, text_tokenizer)
-        lm = _load_lm(info, device, dtype)
-        models = MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
-                             _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
+        info = resolve_source(source, text_tokenizer)
+        models = with_lm(source, _load_source_lm(source, info, device, dtype), device, info)
     _check_vocabulary(models)
     return models
 
@@ -249,9 +253,7 @@ def load_policy_lm(source: str | os.PathLike, device: str | torch.device = "cpu"
     _check_moshi()
     if isinstance(source, str) and source == TINY_MODEL:
         return build_tiny_lm(device, dtype)
-    if is_personaplex(source):
-        return _load_personaplex(resolve_checkpoint(_personaplex_path(source), personaplex=True), device, dtype)
-    return _load_lm(resolve_checkpoint(source), device, dtype)
+    return _load_source_lm(source, resolve_source(source), device, dtype)
 
 
 def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device = "cpu",
@@ -260,23 +262,24 @@ def with_lm(source: str | os.PathLike, lm: LMModel, device: str | torch.device =
     so an agent streams with that LM: weight updates reach it in place."""
     if isinstance(source, str) and source == TINY_MODEL:
         return MoshiModels(lm, load_mimi(TINY_MODEL, device), find_text_tokenizer(), tiny_lm_kwargs(), TINY_MODEL)
+    info = info or resolve_source(source)
     if is_personaplex(source):
-        info = info or resolve_checkpoint(_personaplex_path(source), personaplex=True)
         kwargs = {**_plain_lm_kwargs(info.lm_config), "dep_q": MIMI_CODEBOOKS}
         prompt_file = Path(info.moshi_weights).parent / PROMPT_FILE_NAME
         prompt = _read_json(prompt_file) if prompt_file.is_file() else None
         return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer), kwargs, str(source),
                            dict(info.lm_gen_config), prompt)
-    info = info or resolve_checkpoint(source)
     return MoshiModels(lm, load_checkpoint_mimi(info, device), Path(info.tokenizer),
                        _plain_lm_kwargs(info.lm_config), str(source), dict(info.lm_gen_config))
 
 
-def _load_personaplex(info: loaders.CheckpointInfo, device, dtype) -> LMModel:
+def _load_source_lm(source, info: loaders.CheckpointInfo, device, dtype) -> LMModel:
+    """The LM of a resolved source: moshi's loader, or for a PersonaPlex its 16-step file cut to 8
+    (a PersonaPlex trained here with LoRA is an 8-step folder: moshi's loader applies the adapters)."""
+    if not is_personaplex(source) or info.lora_weights is not None:
+        return _load_lm(info, device, dtype)
     from duplexgym.agents.policies.personaplex import load_personaplex_lm
 
-    if info.lora_weights is not None:  # a PersonaPlex trained here with LoRA: an 8-step folder, moshi's loader
-        return _load_lm(info, device, dtype)
     return load_personaplex_lm(Path(info.moshi_weights), _plain_lm_kwargs(info.lm_config), device, dtype)
 
 

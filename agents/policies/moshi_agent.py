@@ -442,10 +442,11 @@ class MoshiAgent:
         sine = torch.tensor(SINE_TOKENS, dtype=torch.long, device=self.device)
         for i in range(int(lengths.max(initial=0))):
             active = lengths > i
+            on_device = torch.from_numpy(active).to(self.device)
             if not active.all():
-                self.lm_gen.set_exec_mask(torch.from_numpy(active).to(self.device))
+                self.lm_gen.set_exec_mask(on_device)
             self._drawing = active
-            self._codes_in[torch.from_numpy(active).to(self.device), :, 0] = sine
+            self._codes_in[on_device, :, 0] = sine
             emb = np.zeros(self.batch_size, bool)
             for r in np.flatnonzero(active):
                 frames = self.prompt_frames[r]

@@ -141,7 +141,7 @@ def slice_depformer(state: dict[str, torch.Tensor], steps: int = MIMI_CODEBOOKS)
                 and parts[4].isdigit() and int(parts[4]) >= steps:
             continue
         if parts[0] == "depformer" and name.endswith(("self_attn.in_proj_weight", "self_attn.out_proj.weight")):
-            tensor = tensor[: tensor.shape[0] // dep_q * steps]
+            tensor = tensor[: tensor.shape[0] // dep_q * steps].clone()  # not a view holding all 16 steps
         out[name] = tensor
     return out
 
@@ -163,12 +163,11 @@ def load_personaplex_lm(weights: Path, lm_kwargs: dict, device, dtype):
     kwargs = {**lm_kwargs, "dep_q": MIMI_CODEBOOKS}
     lm = _empty_lm(kwargs)
     try:
-        lm.load_state_dict({k: v.to(torch.float32) for k, v in slice_depformer(state).items()}, strict=True,
-                           assign=True)
+        lm.load_state_dict({k: v.to(dtype) for k, v in slice_depformer(state).items()}, strict=True, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights}: the weights do not fit the PersonaPlex LM config "
                               f"({' '.join(str(exc).splitlines()[:3])[:600]})") from None
-    return lm.to(device=device, dtype=dtype).eval()
+    return lm.to(device=device, dtype=dtype).eval()  # loaded in dtype already: no second copy
 
 
 def save_personaplex_layout(lm16_state: dict[str, torch.Tensor], path: str | Path) -> Path:
@@ -289,17 +288,6 @@ def load_voice_embeddings(path: str | Path, dim: int | None = None) -> VoiceEmbe
     return VoiceEmbeddings(emb.float().contiguous(), cache[0].long().contiguous())
 
 
-def _columns(frames: np.ndarray, delays, initial: np.ndarray) -> np.ndarray:
-    """The LM's input columns ``[17, F]`` of ``frames`` ``[F, 17]`` (text, agent 8, user 8 per frame):
-    column ``c`` of stream ``k`` is frame ``c - delay_k``, or the initial token while ``c <= delay_k``."""
-    F = len(frames)
-    cols = np.empty((len(delays), F), np.int64)
-    for k, d in enumerate(delays):
-        cols[k, : d + 1] = initial[k]
-        cols[k, d + 1:] = frames[1: F - d, k]
-    return cols
-
-
 def input_embeddings(lm, columns: torch.Tensor) -> torch.Tensor:
     """``[B, T, D]``: the summed input embedding ``LMModel.forward_text`` gives the transformer for
     ``columns`` ``[B, 17, T]`` (the fork's ``embed_codes``)."""
@@ -317,9 +305,14 @@ def voice_embeddings_of(lm, voice_codes: np.ndarray) -> VoiceEmbeddings:
     N = len(frames)
     if N < 2:
         raise PromptError("a voice prompt needs at least 2 frames (160 ms) to be stored as embeddings")
-    initial = lm._get_initial_token()[0, :, 0].cpu().numpy()
+    from moshi.models.lm_utils import _delay_sequence
+
+    # the LM's input columns 0..N (as LMModel.forward lays frames out; column N: the delayed tail):
+    # column c of stream k is frame c - delay_k, or the initial token while c <= delay_k
+    initial = lm._get_initial_token().cpu()  # [1, 17, 1]
+    tail = torch.from_numpy(np.concatenate([frames[1:], frames[-1:]]).T.copy())[None]  # frames 1..N-1, N-1 again
+    cols = torch.cat([initial, _delay_sequence(list(lm.delays), tail, initial)], dim=2)[0].numpy()  # [17, N + 1]
     delays = list(lm.delays)
-    cols = _columns(np.concatenate([frames, frames[-1:]]), delays, initial)  # columns 0..N (N: the delayed tail)
     with torch.no_grad():
         emb = input_embeddings(lm, torch.from_numpy(cols[:, : N - 1])[None].to(lm.device))[0]
     cache = np.full((len(delays), VOICE_CACHE_COLUMNS), -2, np.int64)  # ungenerated_token_id
@@ -360,15 +353,13 @@ def _frames_of_embeddings(voice: VoiceEmbeddings) -> np.ndarray:
     def code(value, fallback):  # initial/ungenerated tokens never read as codes: keep the stand-in
         return int(value) if 0 <= int(value) < MIMI_CARDINALITY else int(fallback)
 
-    last, before = frames[N - 1], frames[N - 2] if N >= 2 else None
+    last, before = frames[N - 1], frames[N - 2]  # N >= 2: a file holds at least one embedding
     last[0] = int(cache[0, (N - 1) % C])
     last[1] = code(cache[1, (N - 1) % C], last[1])
+    before[1] = code(cache[1, (N - 2) % C], before[1])
     for q in range(1, MIMI_CODEBOOKS):
         last[1 + q] = code(cache[1 + q, N % C], last[1 + q])
-        if before is not None:
-            before[1 + q] = code(cache[1 + q, (N - 1) % C], before[1 + q])
-    if before is not None:
-        before[1] = code(cache[1, (N - 2) % C], before[1])
+        before[1 + q] = code(cache[1 + q, (N - 1) % C], before[1 + q])
     return frames
 
 
@@ -437,14 +428,18 @@ class PersonaPlexPrompt:
         if self.voice is None:
             return None
         if self._voice is None:
-            path = Path(self.voice)
-            if path.suffix.lower() in VOICE_AUDIO_SUFFIXES:
+            if voice_is_embeddings(self.voice):
+                self._voice = load_voice_embeddings(self.voice, dim=lm.dim)
+            else:
                 from duplexgym.corpora.codec import encode
 
-                self._voice = encode(mimi, read_voice_wav(path)).T.astype(np.int64)  # [N, 8]
-            else:
-                self._voice = load_voice_embeddings(path, dim=lm.dim)
+                self._voice = encode(mimi, read_voice_wav(self.voice)).T.astype(np.int64)  # [N, 8]
         return self._voice
+
+    def embeddings(self, lm) -> torch.Tensor | None:
+        """``[E, D]``: the stored input embeddings of an official ``.pt`` voice, else None."""
+        voice = self.voice_of(None, lm) if voice_is_embeddings(self.voice) else None
+        return None if voice is None else voice.embeddings
 
     def frames_for(self, axis: str | None, tokenizer_path, mimi, lm) -> PromptFrames:
         text = self.text_for(axis)
@@ -458,16 +453,14 @@ def personaplex_prompt(models, text: str | dict | None = None, voice: str | Path
     """The prompt of a PersonaPlex agent: ``text`` / ``voice`` when given, else the checkpoint's
     saved prompt (``personaplex_prompt.json`` of an exported policy; its voice path is relative to
     the folder), else the official Full-Duplex-Bench text prompts and no voice."""
+    from duplexgym.agents.policies.checkpoint import source_folder
+
     saved = dict(getattr(models, "prompt_config", None) or {})
     if voice is None and saved.get("voice"):
-        folder = Path(str(models.source)[len("personaplex:"):])
-        voice = folder / saved["voice"] if not Path(saved["voice"]).is_absolute() else Path(saved["voice"])
+        voice = Path(source_folder(models.source)) / saved["voice"]  # relative to the folder (absolute stays)
     prompt = PersonaPlexPrompt(text if text is not None else saved.get("text"), voice)
     prompt.text_for("interruption")  # a dict of the wrong shape fails here, not at the first reset
-    if prompt.voice is not None and Path(prompt.voice).suffix.lower() not in VOICE_AUDIO_SUFFIXES:
-        load_voice_embeddings(prompt.voice, dim=models.lm.dim)  # refusals before any episode runs
-    elif prompt.voice is not None and not Path(prompt.voice).is_file():
-        raise PromptError(f"{prompt.voice}: voice prompt not found")
+    prompt.voice_of(models.mimi, models.lm)  # read once now: refusals and bad files before any episode runs
     return prompt
 
 
@@ -517,15 +510,23 @@ def save_tiny_personaplex(folder: str | Path) -> Path:
     return folder
 
 
+def voice_is_embeddings(voice: str | Path | None) -> bool:
+    """Whether a voice prompt path names an embeddings file (anything not a wav/flac is read as one,
+    and refused unless it is the official ``.pt``)."""
+    return voice is not None and Path(voice).suffix.lower() not in VOICE_AUDIO_SUFFIXES
+
+
+def voice_prompt_frames(voice: str | Path) -> int:
+    """The voice phase's frames of a voice prompt file, read and checked without a model (a wav's from
+    its duration, a ``.pt``'s from its embeddings); :class:`PromptError` for an unusable file."""
+    if voice_is_embeddings(voice):
+        return load_voice_embeddings(voice).frames
+    return len(read_voice_wav(voice)) // FRAME_SAMPLES
+
+
 def prompt_lengths(prompt: PersonaPlexPrompt, tokenizer_path, axes) -> dict:
     """LM steps of the prompt phases per axis, without loading the LM: ``{"voice": N, "silence": 12,
-    "text": {axis: n}}`` (a wav's N from its duration, a ``.pt``'s from its embeddings)."""
-    voice = 0
-    if prompt.voice is not None:
-        path = Path(prompt.voice)
-        if path.suffix.lower() in VOICE_AUDIO_SUFFIXES:
-            voice = len(read_voice_wav(path)) // FRAME_SAMPLES
-        else:
-            voice = load_voice_embeddings(path).frames
+    "text": {axis: n}}``."""
+    voice = 0 if prompt.voice is None else voice_prompt_frames(prompt.voice)
     return {"voice": voice, "silence": 2 * PROMPT_SILENCE_FRAMES,
             "text": {axis: len(text_prompt_ids(prompt.text_for(axis), tokenizer_path)) for axis in axes}}

@@ -220,15 +220,11 @@ class PromptConfig(BaseModel):
     def _voice(cls, value):
         if value is None:
             return None
-        from duplexgym.agents.policies.personaplex import PromptError, VOICE_AUDIO_SUFFIXES, load_voice_embeddings
+        from duplexgym.agents.policies.personaplex import PromptError, voice_prompt_frames
 
         path = _path(value, "prompt.voice")
         try:
-            if path.suffix.lower() in VOICE_AUDIO_SUFFIXES:
-                if not path.is_file():
-                    raise PromptError(f"{path}: voice prompt not found")
-            else:
-                load_voice_embeddings(path)  # refuses pickles unopened, checks the official shapes
+            voice_prompt_frames(path)  # refuses pickles unopened, checks the official shapes, reads a wav
         except PromptError as exc:
             raise ValueError(f"voice: {exc}") from None
         return str(path)
@@ -511,15 +507,16 @@ class TrainConfig(BaseModel):
             return TINY_MODEL
         if not isinstance(value, str) or not value.strip():
             raise located("model", f"expected 'tiny', a checkpoint folder or personaplex:FOLDER, got {value!r}")
-        from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex, resolve_checkpoint
+        from duplexgym.agents.policies.checkpoint import (PERSONAPLEX_PREFIX, is_personaplex, resolve_source,
+                                                          source_folder)
 
-        personaplex = is_personaplex(value)
-        path = Path(value[len(PERSONAPLEX_PREFIX):] if personaplex else value).expanduser().resolve()
         try:
-            resolve_checkpoint(path, personaplex=personaplex)  # finds the files, loads no weights
+            path = Path(source_folder(value)).expanduser().resolve()
+            source = f"{PERSONAPLEX_PREFIX}{path}" if is_personaplex(value) else str(path)
+            resolve_source(source)  # finds the files, loads no weights
         except ValueError as exc:
             raise located("model", str(exc)) from None
-        return f"{PERSONAPLEX_PREFIX}{path}" if personaplex else str(path)
+        return source
 
     @field_validator("corpus", mode="before")
     @classmethod
@@ -556,7 +553,9 @@ class TrainConfig(BaseModel):
                                         "live dialogues (remove the field)")
         elif self.conversation is not None:
             raise located("conversation", "only used with env: conversation (set env: conversation, or remove it)")
-        if self.prompt is not None and not self.model.startswith("personaplex:"):
+        from duplexgym.agents.policies.checkpoint import is_personaplex
+
+        if self.prompt is not None and not is_personaplex(self.model):
             raise located("prompt", f"only used with model: personaplex:FOLDER (this config trains {self.model!r})")
         if self.lora is not None and self.trainable != "lora":
             raise located("lora", f"only used with trainable: lora (this config trains {self.trainable})")
@@ -681,17 +680,10 @@ def _check_corpus(cfg: TrainConfig) -> None:
         raise located("corpus", f"{path} was built with codec {corpus.codec_spec!r}; model 'tiny' needs codes "
                                 "of the tiny Mimi (`--codec tiny`)")
     if cfg.model != TINY_MODEL:
-        from duplexgym.agents.policies.checkpoint import (
-            load_checkpoint_mimi,
-            resolve_checkpoint,
-        )
+        from duplexgym.agents.policies.checkpoint import load_checkpoint_mimi, resolve_source
         from duplexgym.corpora.codec import codec_id
 
-        from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex
-
-        personaplex = is_personaplex(cfg.model)
-        folder = cfg.model[len(PERSONAPLEX_PREFIX):] if personaplex else cfg.model
-        mimi_id = codec_id(load_checkpoint_mimi(resolve_checkpoint(folder, personaplex=personaplex), "cpu"))  # not the LM
+        mimi_id = codec_id(load_checkpoint_mimi(resolve_source(cfg.model), "cpu"))  # Mimi only, not the LM
         if mimi_id != corpus.codec_id:
             raise located("model", f"the Mimi of {cfg.model} is codec {mimi_id}, but the corpus {path} holds codes "
                                    f"of {corpus.codec_id}; build the corpus with this model's Mimi (`--codec PATH`)")

@@ -60,14 +60,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         """``[E, D]``: the input embeddings every episode's first ``E`` LM steps read instead of their
         tokens (an official PersonaPlex voice ``.pt``), or None."""
         if not hasattr(self, "_prefix_embeddings"):
-            from pathlib import Path
-
-            from duplexgym.agents.policies.personaplex import VOICE_EMBEDDINGS_SUFFIX, load_voice_embeddings
-
             prompt = self.prompt()
-            voice = None if prompt is None else prompt.voice
-            embedded = voice is not None and Path(voice).suffix.lower() == VOICE_EMBEDDINGS_SUFFIX
-            self._prefix_embeddings = load_voice_embeddings(voice, dim=self.lm.dim).embeddings if embedded else None
+            self._prefix_embeddings = None if prompt is None else prompt.embeddings(self.lm)
         return self._prefix_embeddings
 
     def get_non_inference_attributes(self):
@@ -124,13 +118,19 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         """The state keys of the parameters the learner updates (``requires_grad``)."""
         return {n for n, p in self.named_parameters() if p.requires_grad}
 
+    def sync_names(self) -> set[str]:
+        """The state keys a runners' weight sync carries: the trained tensors (the runners build the
+        same frozen rest) or with ``trainable: all`` every tensor, without the learner-only attributes'."""
+        names = self.trained_names() if self.trainable != "all" else set(self.state_dict())
+        dropped = tuple(self.get_non_inference_attributes())
+        return {k for k in names if k.split(".", 1)[0] not in dropped}
+
     def copy_weights_to(self, other: "MoshiRLModule") -> int:
-        """What a weight sync carries (the trained tensors; with ``trainable: all`` every tensor the
-        other module has) copied into ``other``'s own tensors in place, each on its device and in its
-        dtype: the in-process sync, without RLlib's numpy round trip. Returns the bytes copied."""
+        """The tensors of :meth:`sync_names` (those ``other`` has) copied into ``other``'s own tensors
+        in place, each on its device and in its dtype: the in-process sync, without RLlib's numpy
+        round trip. Returns the bytes copied."""
         own, theirs = self.state_dict(), other.state_dict()
-        names = self.trained_names() if self.trainable != "all" else set(own) - {k for k in own if k.startswith("ref_lm.")}
-        names &= set(theirs)
+        names = self.sync_names() & set(theirs)
         nbytes = 0
         with torch.no_grad():
             for name in sorted(names):
@@ -147,11 +147,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
 
         state = self.state_dict()
         if inference_only and not self.inference_only:
-            dropped = tuple(self.get_non_inference_attributes())
-            state = {k: v for k, v in state.items() if k.split(".", 1)[0] not in dropped}
-            if self.trainable != "all":
-                keep = self.trained_names()
-                state = {k: v for k, v in state.items() if k in keep}
+            keep = self.sync_names()
+            state = {k: v for k, v in state.items() if k in keep}
         return convert_to_numpy({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()})
 
     def set_state(self, state) -> None:

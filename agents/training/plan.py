@@ -128,13 +128,13 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
 
 def _prompt_plan(cfg: TrainConfig, axes: dict) -> dict | None:
     """PersonaPlex: the LM steps of its prompt phases before each rollout, per axis (forced, out of the loss)."""
-    from duplexgym.agents.policies.checkpoint import PERSONAPLEX_PREFIX, is_personaplex, resolve_checkpoint
+    from duplexgym.agents.policies.checkpoint import is_personaplex, resolve_source
 
     if not is_personaplex(cfg.model):
         return None
     from duplexgym.agents.policies.personaplex import PersonaPlexPrompt, prompt_lengths
 
-    info = resolve_checkpoint(cfg.model[len(PERSONAPLEX_PREFIX):], personaplex=True)
+    info = resolve_source(cfg.model)
     given = cfg.prompt.model_dump() if cfg.prompt is not None else {}
     return prompt_lengths(PersonaPlexPrompt(given.get("text"), given.get("voice")), info.tokenizer, list(axes))
 

@@ -102,9 +102,10 @@ class GroupEnvRunner(SingleAgentEnvRunner):
     def _group_decoder(self, mode: str, device):
         """The Mimi that decodes a whole group's codes for the ``vad`` reader on the runner's device
         (``reward_decode``: group, or auto on a GPU), or None: each env decodes its own rollout."""
-        base = self.env.unwrapped.envs[0].unwrapped
-        reader = getattr(getattr(base, "reward_spec", None), "activity", None)
-        if self._live or getattr(reader, "reader", None) != "vad" or getattr(base, "action_mode", None) != "tokens":
+        if self._live:  # the live env scores its own events
+            return None
+        base = self.env.unwrapped.envs[0].unwrapped  # a DuplexReplayEnv (codes in, tokens out)
+        if base.reward_spec.activity.reader != "vad":
             return None
         if mode == "episode" or (mode == "auto" and device.type == "cpu"):
             return None
@@ -232,15 +233,14 @@ class GroupEnvRunner(SingleAgentEnvRunner):
             if self._live:
                 obs, rewards, terms, truncs, step_infos = self._step_live(actions, obs, done)
             else:
+                if self._decoder is not None:
+                    history.append(actions)
                 t0 = time.perf_counter()
                 if t == last and self._decoder is not None:  # every row ends here: decode the group at once
-                    history.append(actions)
                     self._decode_group(history, infos)
                 obs, rewards, terms, truncs, step_infos = self._try_env_step(actions)
                 if t == last:  # the final step scores every rollout (its decode and silero, if not done above)
                     reward_s = time.perf_counter() - t0
-                elif self._decoder is not None:
-                    history.append(actions)
                 step_infos = list(step_infos) if isinstance(step_infos, (list, tuple)) else row_infos(step_infos, G)
             for r in range(G):
                 if done[r]:
