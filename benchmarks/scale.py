@@ -149,12 +149,10 @@ def rollout(models, corpus, segment, G: int, frames: int, device: torch.device) 
 
 def audio_reward(mimi, agent_codes: np.ndarray, device: torch.device) -> dict:
     """The vad reader's work for a group: one batched Mimi decode, then silero per rollout."""
-    from duplexgym.corpora.vad import SCORING_BLOCKING, silero_model, speech_spans
+    from duplexgym.corpora.vad import SEQUENTIAL, speech_spans
 
-    silero_model()
     warm = np.random.default_rng(0).standard_normal(24_000 * 2).astype(np.float32) * 0.1
-    for _ in range(3):  # silero's TorchScript optimises over its first calls
-        speech_spans([warm] * len(agent_codes), blocking=SCORING_BLOCKING)
+    speech_spans([warm], blocking=SEQUENTIAL)  # creates the ONNX Runtime session
     with torch.inference_mode():
         mimi.decode(torch.from_numpy(agent_codes[..., :4]).to(device))  # kernels, allocator
     codes = torch.from_numpy(agent_codes).to(device)
@@ -166,7 +164,7 @@ def audio_reward(mimi, agent_codes: np.ndarray, device: torch.device) -> dict:
     decode_s = time.perf_counter() - t0
     waves = [a for a in audio[:, 0].float().cpu().numpy()]
     t0 = time.perf_counter()
-    speech_spans(waves, blocking=SCORING_BLOCKING)
+    speech_spans(waves, blocking=SEQUENTIAL)
     vad_s = time.perf_counter() - t0
     return {"decode_s": decode_s, "vad_s": vad_s, "total_s": decode_s + vad_s}
 

@@ -249,9 +249,9 @@ def text_stream(spans_s, n_frames: int, token: int, params: ActivityParams = Act
 
 def speech_from_audio(audio: np.ndarray, params: ActivityParams = ActivityParams()) -> AgentSpeech:
     """Speech from float32 ``[N]`` 24 kHz audio with silero VAD; words unknown."""
-    from duplexgym.corpora.vad import SCORING_BLOCKING, speech_spans
+    from duplexgym.corpora.vad import SEQUENTIAL, speech_spans
 
-    spans = speech_spans([np.asarray(audio, dtype=np.float32)], params.vad, blocking=SCORING_BLOCKING)[0]
+    spans = speech_spans([np.asarray(audio, dtype=np.float32)], params.vad, blocking=SEQUENTIAL)[0]
     return AgentSpeech(spans_s=tuple(spans), words=None)
 
 

@@ -35,7 +35,7 @@ def test_spans_match_silero_get_speech_timestamps(dialogue_track, blocking):
     import torch
 
     track, truth = dialogue_track
-    ours = vad.speech_spans([track], blocking=vad.BUILD_BLOCKING if blocking == "build" else vad.SCORING_BLOCKING)[0]
+    ours = vad.speech_spans([track], blocking=vad.BUILD_BLOCKING if blocking == "build" else vad.SEQUENTIAL)[0]
     track16 = vad.to_vad_rate(track)
     stamps = silero_vad.get_speech_timestamps(torch.from_numpy(track16), vad.silero_model(), sampling_rate=16_000)
     theirs = [(s["start"] / 16_000, s["end"] / 16_000) for s in stamps]
@@ -81,3 +81,26 @@ def test_silence_has_no_speech_and_params_are_validated():
     assert vad.speech_spans([np.zeros(24_000 * 3, dtype=np.float32)]) == [[]]
     with pytest.raises(ValueError, match="threshold"):
         vad.VadParams(threshold=1.5)
+
+
+def test_sequential_probabilities_are_silero_sequential_audio_forward(dialogue_track, speech):
+    """The scoring path's ONNX sequence model gives what silero's TorchScript model gives run over
+    the whole track with its state carried (the order get_speech_timestamps runs), odd lengths and
+    the empty track included."""
+    import torch
+
+    track, _ = dialogue_track
+    model = vad.silero_model()
+    for t in (track, speech["b_long"], speech["a_short"][: 24_000 // 3 + 77]):
+        t16 = vad.to_vad_rate(t)
+        ours = vad.sequential_probabilities(t16)
+        padded = np.zeros(-(-len(t16) // 512) * 512, dtype=np.float32)
+        padded[: len(t16)] = t16
+        with torch.inference_mode():
+            model.reset_states()
+            theirs = model.audio_forward(torch.from_numpy(padded)[None], 16_000)[0].numpy()
+        assert ours.dtype == np.float32 and ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, rtol=0)
+        assert ours.max() > 0.9 and ours.min() < 0.1  # real speech and real gaps
+    assert vad.sequential_probabilities(np.zeros(0, dtype=np.float32)).shape == (0,)
+    assert vad.speech_probabilities([t16, t16], blocking=vad.SEQUENTIAL)[1].tolist() == ours.tolist()

@@ -173,10 +173,10 @@ class FdbExporter:
         agent_spans = [tuple(x) for x in reward_terms.get("agent_speech_s", [])]
         user_spans = _rel_spans(seg, seg.user_spans_s) if seg.user_spans_s is not None else None
         if user_spans is None:
-            from duplexgym.corpora.vad import SCORING_BLOCKING, speech_spans
+            from duplexgym.corpora.vad import SEQUENTIAL, speech_spans
 
             user_spans = [(round(a, TIME_DECIMALS), round(b, TIME_DECIMALS))
-                          for a, b in speech_spans([user], blocking=SCORING_BLOCKING)[0]]
+                          for a, b in speech_spans([user], blocking=SEQUENTIAL)[0]]
         reference = _rel_spans(seg, seg.reference_spans_s) if seg.reference_spans_s else []
         forced_s = record.forced_frames * FRAME_S
         write_timeline(folder / "timeline.png", n * FRAME_S, user_spans=user_spans, agent_spans=agent_spans,
