@@ -142,8 +142,16 @@ class GroupSamplingAlgorithm(Algorithm):
             target = group.local_env_runner._module()
             source.copy_weights_to(target)
             return "direct"
-        group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        self.push_weights()
         return "numpy"
+
+    def push_weights(self, to_worker_indices=None) -> None:
+        """RLlib's weight sync from the learners to the env runners (``to_worker_indices``: only
+        those); sharded learners gather the whole tensors first, every one of them (a collective)."""
+        if self.config.rl_module_spec.model_config["train"].get("sharding") == "fsdp":
+            on_learners(self, lambda learner: learner.gather_sync_state())
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True,
+                                           to_worker_indices=to_worker_indices)
 
     def sampling_remote(self) -> bool:
         """True when remote env runners sample (the local one then has no env)."""
@@ -174,7 +182,7 @@ class GroupSamplingAlgorithm(Algorithm):
                 time.sleep(1.0)
                 continue
             restored_total += len(back)
-            group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+            self.push_weights()
             for idx in back:
                 state = self.runner_states.get(idx)
                 if state is not None:  # a runner that died in its first iteration starts fresh, as it did
@@ -283,6 +291,7 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
     train["optimizer"] = cfg.optimizer.model_dump()
     train["trainable"], train["dtype"] = cfg.trainable, cfg.dtype
     train["activation_checkpointing"] = cfg.activation_checkpointing
+    train["sharding"] = cfg.sharding
     train["lora"] = None if cfg.lora is None else cfg.lora.model_dump()
     train["total_steps"] = cfg.iterations * cfg.gradient_steps_per_iteration
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]

@@ -170,8 +170,18 @@ def learner_state(learner) -> tuple[dict, dict]:
     optimizers' hyper-parameters with parameter names. Runs on the learner."""
     import torch
 
+    from duplexgym.agents.training.sharding import full_tensor, is_sharded
+
     module = learner.module[MODULE_ID].unwrapped()
-    tensors = {f"module/{k}": v.detach().to("cpu").contiguous().clone() for k, v in module.checkpoint_state().items()}
+    state = module.checkpoint_state()
+    sharded = any(is_sharded(v) for v in state.values())
+    keep = not sharded or torch.distributed.get_rank() == 0  # sharded: every learner gathers, the first keeps
+
+    def whole(v):
+        v = full_tensor(v).detach().to("cpu").contiguous()  # a collective when sharded: on every learner
+        return v.clone() if keep else None
+
+    tensors = {f"module/{k}": whole(v) for k, v in state.items()}
     names = {id(p): n for n, p in module.named_parameters()}
     optimizers = {}
     for opt_name, optim in learner._named_optimizers.items():
@@ -184,8 +194,10 @@ def learner_state(learner) -> tuple[dict, dict]:
         for index, per_param in state["state"].items():
             for key, value in per_param.items():
                 tensor = value if torch.is_tensor(value) else torch.tensor(value)
-                tensors[f"optimizer/{opt_name}/{names[id(params[index])]}/{key}"] = tensor.detach().to("cpu").clone()
+                tensors[f"optimizer/{opt_name}/{names[id(params[index])]}/{key}"] = whole(tensor)
         optimizers[opt_name] = {"param_groups": _json_ready(groups)}
+    if not keep:
+        tensors = {}
     return tensors, {"optimizers": optimizers, "steps": int(getattr(learner, "gradient_steps", 0))}
 
 
@@ -208,7 +220,8 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    (tensors, meta), *_ = on_learners(algo, learner_state)
+    results = on_learners(algo, learner_state)
+    tensors, meta = next((r for r in results if r[0]), results[0])  # sharded learners: the first gathered it all
     runners = sampling_runners(algo, lambda r: r.sampler_state())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     if tmp.exists():
@@ -239,7 +252,10 @@ def save_training_checkpoint(algo, path: str | os.PathLike, iterations_done: int
 
 
 def apply_learner_state(learner, tensors: dict, meta: dict) -> None:
-    """Load :func:`learner_state`'s output into a freshly built learner (runs on the learner)."""
+    """Load :func:`learner_state`'s output into a freshly built learner (runs on the learner; a
+    sharded learner keeps its own part of each tensor)."""
+    from duplexgym.agents.training.sharding import shard_like
+
     module = learner.module[MODULE_ID].unwrapped()
     module.load_checkpoint_state({k[len("module/"):]: v for k, v in tensors.items() if k.startswith("module/")})
     names = {id(p): n for n, p in module.named_parameters()}
@@ -259,8 +275,9 @@ def apply_learner_state(learner, tensors: dict, meta: dict) -> None:
         for key, value in tensors.items():
             if key.startswith(prefix):
                 pname, _, field = key[len(prefix):].rpartition("/")
-                device = params[index[pname]].device
-                state.setdefault(index[pname], {})[field] = value.to(device) if field != "step" else value
+                param = params[index[pname]]
+                state.setdefault(index[pname], {})[field] = (value if field == "step" or value.dim() == 0
+                                                             else shard_like(param, value.to(param.device)))
         optim.load_state_dict({"state": state, "param_groups": [
             {**g, "params": [index[n] for n in g["params"]]} for g in groups]})
         for group, want in zip(optim.param_groups, groups):  # keep python scalars python scalars
@@ -318,8 +335,11 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
     moshi:DIR`` load it. With ``trainable: lora`` the folder holds the base weights and moshi's
     own LoRA file (``lora.safetensors``; ``lora: true`` in config.json: ``loaders.get_moshi_lm(...,
     lora_weights=)`` applies it); ``merged_dir`` also gets a plain checkpoint with the adapters merged."""
+    import torch
+
     from duplexgym.agents.policies.checkpoint import _empty_lm, save_checkpoint, with_lm
     from duplexgym.agents.training import adapters
+    from duplexgym.agents.training.sharding import full_tensor, is_sharded
 
     def export(learner):
         module = learner.module[MODULE_ID].unwrapped()
@@ -327,7 +347,10 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
         prompt = module.prompt(models)
         prompt = None if prompt is None else prompt.to_config()  # PersonaPlex: the prompts it was trained with
         if module.trainable != "lora":
-            return save_checkpoint(models.lm, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs,
+            state = {k: full_tensor(v).detach().to("cpu") for k, v in models.lm.state_dict().items()}
+            if any(is_sharded(v) for v in models.lm.state_dict().values()) and torch.distributed.get_rank() != 0:
+                return None  # sharded: every learner gathered (a collective), the first writes
+            return save_checkpoint(state, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs,
                                    prompt=prompt)
         lora = module.train_settings()["lora"]  # the validated LoraConfig, defaults filled in
         rank, scaling = int(lora["rank"]), float(lora["scaling"])
@@ -340,4 +363,4 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
                             models.lm_kwargs, prompt=prompt)
         return folder
 
-    return on_learners(algo, export)[0]
+    return next(folder for folder in on_learners(algo, export) if folder is not None)

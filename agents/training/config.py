@@ -39,6 +39,7 @@ A config (relative paths are read from the current working directory, as the oth
     env_runners: 0                   # remote env runners (0: sample in the driver)
     gpus_per_env_runner: 0           # GPUs per env runner (fractional: several runners share one GPU)
     num_learners: 0                  # remote learners, data-parallel (DDP; 0: learn in the driver)
+    sharding: ddp                    # ddp (a whole copy per learner) | fsdp (weights, gradients, Adam moments sharded over >= 2 learners)
     gpus_per_learner: 0              # GPUs per learner (0: CPU)
     seed: 0                          # seeds segment choice and sampling (>= 0)
     checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
@@ -378,6 +379,12 @@ class TrainConfig(BaseModel):
     """Learner actors (RLlib's learner group, data-parallel with torch DDP across GPUs and nodes:
     gloo on CPU, nccl on GPU); 0: one learner in the driver process. Each update's episodes are
     dealt out in whole groups, advantages computed before (GRPO only)."""
+    sharding: choice("ddp", "fsdp") = "ddp"
+    """How several learners hold the model: ``ddp`` (each a whole copy: weights, gradients, Adam
+    moments; gradients all-reduced) or ``fsdp`` (torch FSDP2: each learner holds ``1 / num_learners``
+    of them and gathers one layer at a time; :mod:`~duplexgym.agents.training.sharding`), for
+    ``trainable: all | temporal`` of a model too large for one GPU's copy (Moshi 7B ``all``: ~138 GB per
+    learner under DDP, ~17 GB each over 8 under FSDP)."""
     gpus_per_learner: Number = Field(0.0, ge=0)
     """GPUs per learner (with ``num_learners: 0``, the driver's learner; 0: CPU)."""
     seed: Integer = Field(0, ge=0)
@@ -571,6 +578,13 @@ class TrainConfig(BaseModel):
                 raise located("num_learners", f"each update's {per_update} episodes (minibatch_size, else "
                                               f"segments_per_iteration x group_size) must split evenly over "
                                               f"{self.num_learners} learners: every learner steps together")
+        if self.sharding == "fsdp":
+            if self.num_learners < 2:
+                raise located("sharding", f"fsdp shards over several learners; num_learners is {self.num_learners} "
+                                          "(use num_learners >= 2, or sharding: ddp)")
+            if self.trainable == "lora":
+                raise located("sharding", "fsdp shards trainable: all | temporal; a LoRA learner holds the frozen base "
+                                          "once and fits one GPU (use sharding: ddp)")
         if self.gpus_per_learner and self.gpus_per_learner != int(self.gpus_per_learner) and self.num_learners > 1:
             raise located("gpus_per_learner", "several learners need whole GPUs each (DDP)")
         if self.minibatch_size is not None and self.update_streams != "text":

@@ -44,3 +44,13 @@ def learner_lm(algo):
 def learner_optimizer_state(algo) -> dict:
     """The (first) learner's optimizer state (numpy), as RLlib checkpoints it."""
     return on_learners(algo, lambda learner: learner._get_optimizer_state())[0]
+
+
+def learner_lm_state(learner) -> dict:
+    """Run on every learner (sharded tensors are gathered, a collective): ``{"state": the whole LM
+    state on CPU, "sharded": the names of the tensors this learner holds sharded}``."""
+    from duplexgym.agents.training.sharding import full_tensor, is_sharded
+
+    state = learner.module[MODULE_ID].unwrapped().lm.state_dict()
+    return {"sharded": sorted(k for k, v in state.items() if is_sharded(v)),
+            "state": {k: full_tensor(v).detach().cpu().clone() for k, v in state.items()}}

@@ -14,6 +14,7 @@ from duplexgym.agents.training.batch import (
 from duplexgym.agents.training.losses import GrpoConfig, grpo_loss
 from duplexgym.agents.training.schedule import learning_rate
 import torch
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.learner.torch.torch_learner import TorchLearner
 
 
@@ -37,9 +38,46 @@ class GroupLearner(TorchLearner):
     trainable parameters only), the learning rate of each gradient step from the schedule
     (:func:`~duplexgym.agents.training.schedule.learning_rate`; ``gradient_steps`` counts the steps,
     and is saved in checkpoints), and the metrics besides the loss terms: frames left out of the
-    loss, failed episodes, the mean advantage size, the sampler's log-prob gap, the learning rate."""
+    loss, failed episodes, the mean advantage size, the sampler's log-prob gap, the learning rate.
+    With ``sharding: fsdp`` the module is sharded across the learners before the optimizer is built
+    (:mod:`~duplexgym.agents.training.sharding`), instead of being wrapped in DDP after."""
 
     gradient_steps = 0
+    _sharding = "ddp"
+
+    def sharding(self) -> str:
+        """``ddp`` or ``fsdp`` (the training config's ``sharding``, read when the module is built)."""
+        return self._sharding
+
+    def _make_module(self):
+        module = super()._make_module()
+        self._sharding = module[DEFAULT_MODULE_ID].unwrapped().train_settings().get("sharding") or "ddp"
+        if self._sharding == "fsdp":
+            from duplexgym.agents.training.sharding import shard_module
+
+            shard_module(module[DEFAULT_MODULE_ID].unwrapped())
+        return module
+
+    def build(self) -> None:
+        super().build()
+        self.gather_sync_state()  # RLlib's setup reads the first learner's state for the first sync
+
+    def _make_modules_ddp_if_necessary(self) -> None:
+        if self.sharding() != "fsdp":  # fsdp: sharded in _make_module already
+            super()._make_modules_ddp_if_necessary()
+
+    def _get_clip_function(self):
+        if self.sharding() != "fsdp":
+            return super()._get_clip_function()
+        from duplexgym.agents.training.sharding import global_norm_clip
+
+        return global_norm_clip
+
+    def gather_sync_state(self) -> None:
+        """Run on every learner before RLlib's weight sync reads the first learner's module state:
+        with ``sharding: fsdp`` the sync's tensors are gathered (a collective) and kept for it."""
+        if self.sharding() == "fsdp":
+            self.module[DEFAULT_MODULE_ID].unwrapped().gather_sync_state()
 
     def configure_optimizers_for_module(self, module_id, config=None):
         module = self._module[module_id].unwrapped()

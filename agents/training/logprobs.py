@@ -133,7 +133,7 @@ def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: floa
                    top_k_text: int = 25, temp: float = 0.8, top_k: int = 250, full: bool = False,
                    prefix_embeddings: Tensor | None = None):
     """float ``[B, 9, T]``: log-prob of each agent token (text, 8 codebooks) under the sampler's
-    temperature and top-k, teacher-forced through ONE ``lm.forward`` pass (differentiable).
+    temperature and top-k, teacher-forced through ONE ``lm.forward`` pass (called as ``lm(codes)``) (differentiable).
 
     ``lm``: the ``moshi`` ``LMModel`` (its mode is left as is: call ``lm.eval()`` for dropout-free
     log-probs that match the streaming ones). ``agent_tokens`` ``[B, 9, T]`` and ``user_codes``
@@ -152,9 +152,9 @@ def token_logprobs(lm, agent_tokens: Tensor, user_codes: Tensor, temp_text: floa
     codes = build_teacher_codes(agent_tokens, user_codes).to(lm.device)
     if prefix_embeddings is not None:
         with _prefix_inputs(lm, prefix_embeddings):
-            out = lm.forward(codes)
+            out = lm(codes)
     else:
-        out = lm.forward(codes)
+        out = lm(codes)  # through __call__: a sharded LM gathers its parameters in its forward hooks
     # LMModel.forward fills invalid positions with NaN logits: zero them before the softmax (no NaN
     # in the backward pass either), and mark them NaN in the result.
     text_logits = torch.where(out.text_mask[..., None], out.text_logits, 0.0)[:, 0]  # [B, T, text_card]

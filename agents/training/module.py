@@ -12,12 +12,15 @@ top-k mass, the same constant in numerator and denominator when the top-k set do
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from duplexgym.agents.policies.checkpoint import load_policy_lm
 from duplexgym.agents.training.adapters import DTYPES, adapters_off, autocast, prepare
 from duplexgym.agents.training.batch import AGENT_TOKENS, USER_CODES
 from duplexgym.agents.training.logprobs import token_logprobs
 from duplexgym.agents.training.losses import exact_kl
+from duplexgym.agents.training.sharding import full_tensor, is_sharded, shard_like
 from ray.rllib.core.rl_module.apis import InferenceOnlyAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 
@@ -138,14 +141,36 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
                 nbytes += theirs[name].numel() * theirs[name].element_size()
         return nbytes
 
+    def no_sync(self):
+        """What RLlib's update enters on every module of several learners (DDP's ``no_sync``, around
+        the gradient post-processing): with ``sharding: fsdp`` the module is not DDP-wrapped and its
+        gradients were reduce-scattered in the backward pass already, so nothing is to be held back."""
+        return contextlib.nullcontext()
+
+    def gather_sync_state(self) -> None:
+        """``sharding: fsdp``, on every learner (a collective, in the same order everywhere): the
+        whole tensors of :meth:`sync_names`, on CPU; the first learner keeps them for the next
+        :meth:`get_state` (the one RLlib's weight sync asks), the others drop them."""
+        import torch.distributed as dist
+
+        keep, state = self.sync_names(), self.state_dict()
+        gathered = {k: full_tensor(v).detach().to("cpu") for k, v in state.items() if k in keep}
+        self._gathered_sync = gathered if dist.get_rank() == 0 else None
+
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
         """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
         weight sync (``inference_only``): without the learner-only attributes, and with
         ``trainable`` other than ``all`` only the trained tensors (the runners build the same
-        frozen rest)."""
+        frozen rest). A sharded learner returns what :meth:`gather_sync_state` gathered (once)."""
         from ray.rllib.utils.numpy import convert_to_numpy
 
         state = self.state_dict()
+        gathered = getattr(self, "_gathered_sync", None)
+        if gathered is not None and inference_only:
+            self._gathered_sync, state = None, gathered
+        elif any(is_sharded(v) for v in state.values()):
+            raise RuntimeError("sharding: fsdp: a sharded learner's state is gathered on every learner first "
+                               "(GroupLearner.gather_sync_state), not read from one")
         if inference_only and not self.inference_only:
             keep = self.sync_names()
             state = {k: v for k, v in state.items() if k in keep}
@@ -171,7 +196,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         if missing or unexpected:
             raise ValueError(f"the checkpoint's module tensors do not fit this model: {len(missing)} missing "
                              f"(e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]})")
-        self.load_state_dict(tensors, strict=False)
+        own = self.state_dict()
+        self.load_state_dict({k: shard_like(own[k], v) for k, v in tensors.items()}, strict=False)
 
     def _forward(self, batch, **kwargs):
         """Acting goes through GroupEnvRunner's streaming MoshiAgent, never through this module."""

@@ -115,7 +115,8 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
         "dtype": cfg.dtype, "activation_checkpointing": cfg.activation_checkpointing,
         "prompt": _prompt_plan(cfg, axes),
         "devices": {"env_runners": cfg.env_runners, "gpus_per_env_runner": cfg.gpus_per_env_runner,
-                    "num_learners": cfg.num_learners, "gpus_per_learner": cfg.gpus_per_learner},
+                    "num_learners": cfg.num_learners, "gpus_per_learner": cfg.gpus_per_learner,
+                    "sharding": cfg.sharding},
         "lead_in_frames": lead_frames,
         "context": {**cfg.context.model_dump(), "expected_frames_first": per_iter_ctx[0],
                     "expected_frames_last": per_iter_ctx[-1]},
@@ -159,7 +160,8 @@ def format_plan(plan: dict) -> str:
     def on(gpus: float) -> str:
         return f"{gpus:g} GPU each" if gpus else "on CPU"
 
-    learners = f"{dev['num_learners']} learners (DDP)" if dev["num_learners"] > 1 else (
+    sharded = "FSDP: weights, gradients and Adam moments sharded" if dev.get("sharding") == "fsdp" else "DDP"
+    learners = f"{dev['num_learners']} learners ({sharded})" if dev["num_learners"] > 1 else (
         "1 remote learner" if dev["num_learners"] else "the driver's learner")
     runners = f"{dev['env_runners']} env runner(s)" if dev["env_runners"] else "sampling in the driver"
     lines.append(f"  trains {trained} in {plan['dtype']}"
