@@ -145,13 +145,12 @@ class GroupSamplingAlgorithm(Algorithm):
         self.push_weights()
         return "numpy"
 
-    def push_weights(self, to_worker_indices=None) -> None:
-        """RLlib's weight sync from the learners to the env runners (``to_worker_indices``: only
-        those); sharded learners gather the whole tensors first, every one of them (a collective)."""
+    def push_weights(self) -> None:
+        """RLlib's weight sync from the learners to the env runners; sharded learners gather the
+        whole tensors first, every one of them (a collective)."""
         if self.config.rl_module_spec.model_config["train"].get("sharding") == "fsdp":
             on_learners(self, lambda learner: learner.gather_sync_state())
-        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True,
-                                           to_worker_indices=to_worker_indices)
+        self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
 
     def sampling_remote(self) -> bool:
         """True when remote env runners sample (the local one then has no env)."""

@@ -347,8 +347,9 @@ def export_policy(algo, out_dir: str | os.PathLike, merged_dir: str | os.PathLik
         prompt = module.prompt(models)
         prompt = None if prompt is None else prompt.to_config()  # PersonaPlex: the prompts it was trained with
         if module.trainable != "lora":
-            state = {k: full_tensor(v).detach().to("cpu") for k, v in models.lm.state_dict().items()}
-            if any(is_sharded(v) for v in models.lm.state_dict().values()) and torch.distributed.get_rank() != 0:
+            own = models.lm.state_dict()
+            state = {k: full_tensor(v).detach().to("cpu") for k, v in own.items()}
+            if any(is_sharded(v) for v in own.values()) and torch.distributed.get_rank() != 0:
                 return None  # sharded: every learner gathered (a collective), the first writes
             return save_checkpoint(state, models.mimi, models.text_tokenizer, out_dir, models.lm_kwargs,
                                    prompt=prompt)
