@@ -138,3 +138,26 @@ def test_personaplex_prompted_agent_on_cuda_matches_the_cpu(tmp_path):
     agree = (out["cpu"] == out[DEVICE]).all(axis=2).mean()
     assert agree >= 0.9, agree  # greedy: float rounding may flip a near-tie late in the stream
     np.testing.assert_array_equal(out["cpu"][:5], out[DEVICE][:5])
+
+
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_weight_broadcast_into_bf16_runner_lms_on_the_gpu(backend):
+    """weight_sync: broadcast with GPU members: fp32 master weights on the GPU into bf16 runner LMs
+    on the GPU, bit for bit the learner's cast, in place. gloo stages through host memory (any
+    device mix); nccl (device to device) needs a GPU per member: two here."""
+    from test_weight_broadcast import run_group
+
+    if backend == "nccl" and (DEVICE != "cuda" or torch.cuda.device_count() < 2):
+        pytest.skip("nccl needs a GPU per member (2)")
+    devices = [0, 1] if backend == "nccl" else None
+    learner = build_tiny_lm("cuda:0" if devices else DEVICE)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(torch.randn_like(p))
+    runners = [build_tiny_lm(f"cuda:{d}" if devices else DEVICE, torch.bfloat16) for d in (devices or [0])[-1:]]
+    source, targets = learner.state_dict(), [r.state_dict() for r in runners]
+    out = run_group(source, targets, bucket_bytes=2**16, backend=backend, devices=devices)
+    assert len({sent for sent, _ in out.values()}) == 1
+    for runner in runners:
+        state = runner.state_dict()
+        assert all(torch.equal(state[k].cpu(), source[k].to(torch.bfloat16).cpu()) for k in source)

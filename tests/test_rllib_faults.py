@@ -6,7 +6,7 @@ import signal
 
 import numpy as np
 import pytest
-from duplexgym.agents.training import driver
+from duplexgym.agents.training import driver, inspection
 from duplexgym.agents.training.config import load_train_config
 from duplexgym.envs.corpus import ReplayCorpus, SegmentSampler
 
@@ -32,10 +32,13 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
                              "axes": ["turn"], "lr": 1.0e-3})
     seen = []
     pids = []
+    synced = []  # (broadcast group generation, learner text weights, each runner's)
 
     def on_iteration(algo, m):
         seen.append((m, [(e.custom_data["group"], e.custom_data["segment"]) for e in algo.last_episodes]))
         pids.append(_runner_pids(algo))
+        synced.append((algo._broadcaster.generation, inspection.learner_text_weights(algo),
+                       inspection.runner_text_weights(algo)))
         if m["iteration"] == 0:
             os.kill(pids[0][1], signal.SIGKILL)  # runner 1 dies between iterations 1 and 2
 
@@ -46,6 +49,14 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
     assert pids[1][1] != pids[0][1] and pids[1][2] == pids[0][2]  # runner 1 replaced, runner 2 untouched
     for m in metrics:
         assert np.isfinite(m["loss"]) and np.isfinite(m["reward_mean"]["turn"])
+        assert m["sync"] == "broadcast"
+    # the replacement joined a new group (generation 2) with the survivor, and both hold the learner's weights
+    assert [g for g, _, _ in synced] == [1, 2, 2]
+    for _, learner, runners in synced:
+        assert len(runners) == 2
+        for runner in runners:
+            for name in learner:
+                np.testing.assert_array_equal(runner[name], learner[name])
     # the replacement went on with the dead runner's schedule: its groups replay the segments the
     # seeded stream of runner 1 gives, with the group counter continuing (w1-g1 after w1-g0)
     for worker in (1, 2):

@@ -123,7 +123,7 @@ def test_grpo_loop_on_ray_updates_and_syncs_text_weights(small_corpus, local_ray
         _check_iteration(m, episodes, G)
         assert set(m["reward_mean"]) == {"turn"} and np.isfinite(m["reward_mean"]["turn"])
         assert m["segments"] and len(m["groups"]) == 2
-        assert m["sync"] == "numpy"  # a remote runner: RLlib's sync through the object store
+        assert m["sync"] == "broadcast"  # a remote runner: weight_sync auto, a gloo group of the learner and it
     assert seen[0][0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the first batch is sampled by the reference
     for m, _, learner, runners in seen:
         assert len(runners) == 1

@@ -11,6 +11,7 @@ weight sync; and the ``AlgorithmConfig`` of a validated train config.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -68,6 +69,8 @@ ALGORITHMS = {
     "ppo": (PpoAlgoConfig, PpoRLModule, PpoLearner, PpoConnector),
 }
 
+
+logger = logging.getLogger(__name__)
 
 #: Key of this package's per-iteration numbers (reward means per axis, frames/s, ...) in RLlib's results.
 RESULT_KEY = "duplexgym"
@@ -134,23 +137,43 @@ class GroupSamplingAlgorithm(Algorithm):
     def sync_weights(self) -> str:
         """The learner's weights into the sampling runners. A learner and a runner in this process
         (``num_learners: 0``, ``env_runners: 0``): the trained tensors are copied in place, tensor to
-        tensor on their devices (``"direct"``); otherwise RLlib's sync (each module's state as numpy
-        through Ray's object store, ``"numpy"``)."""
+        tensor on their devices (``"direct"``); otherwise :meth:`push_weights` (``"broadcast"`` or
+        ``"numpy"``)."""
         group = self.env_runner_group
         if self.learner_group.is_local and not self.sampling_remote() and group.local_env_runner is not None:
             source = self.learner_group._learner.module[DEFAULT_MODULE_ID].unwrapped()
             target = group.local_env_runner._module()
             source.copy_weights_to(target)
             return "direct"
-        self.push_weights()
-        return "numpy"
+        return self.push_weights()
 
-    def push_weights(self) -> None:
-        """RLlib's weight sync from the learners to the env runners; sharded learners gather the
-        whole tensors first, every one of them (a collective)."""
-        if self.config.rl_module_spec.model_config["train"].get("sharding") == "fsdp":
+    def push_weights(self) -> str:
+        """The learners' weights into the env runners: with ``weight_sync: broadcast`` and remote
+        runners, over their own process group (:mod:`~duplexgym.agents.training.weight_broadcast`,
+        ``"broadcast"``); otherwise, or when a broadcast fails (reported), RLlib's sync through the
+        object store (``"numpy"``). Sharded learners gather the whole tensors first, every one of
+        them (a collective)."""
+        train = self.config.rl_module_spec.model_config["train"]
+        gather = train.get("sharding") == "fsdp"
+        if gather:
             on_learners(self, lambda learner: learner.gather_sync_state())
+        if train.get("weight_sync") == "broadcast" and self.sampling_remote():
+            if getattr(self, "_broadcaster", None) is None:
+                from duplexgym.agents.training.weight_broadcast import WeightBroadcaster
+
+                self._broadcaster = WeightBroadcaster(train["weight_backend"])
+            try:
+                self._broadcaster.push(self)
+                return "broadcast"
+            except ValueError:  # the runners' tensors do not fit the learner's: no other sync would do
+                raise
+            except Exception as e:  # a runner died mid-sync, a timeout: the object store this time
+                logger.warning("weight sync: the broadcast failed (%s: %s); this sync goes through Ray's "
+                               "object store, the next builds a new group", type(e).__name__, e)
+                if gather:
+                    on_learners(self, lambda learner: learner.gather_sync_state())
         self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group, inference_only=True)
+        return "numpy"
 
     def sampling_remote(self) -> bool:
         """True when remote env runners sample (the local one then has no env)."""
@@ -291,6 +314,7 @@ def algorithm_config(cfg, segments=None, logdir: str | os.PathLike | None = None
     train["trainable"], train["dtype"] = cfg.trainable, cfg.dtype
     train["activation_checkpointing"] = cfg.activation_checkpointing
     train["sharding"] = cfg.sharding
+    train["weight_sync"], train["weight_backend"] = cfg.weight_sync_path(), cfg.weight_backend()
     train["lora"] = None if cfg.lora is None else cfg.lora.model_dump()
     train["total_steps"] = cfg.iterations * cfg.gradient_steps_per_iteration
     config_cls, module_cls, learner_cls, connector_cls = ALGORITHMS[cfg.algorithm]

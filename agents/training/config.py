@@ -41,6 +41,7 @@ A config (relative paths are read from the current working directory, as the oth
     num_learners: 0                  # remote learners, data-parallel (DDP; 0: learn in the driver)
     sharding: ddp                    # ddp (a whole copy per learner) | fsdp (weights, gradients, Adam moments sharded over >= 2 learners)
     gpus_per_learner: 0              # GPUs per learner (0: CPU)
+    weight_sync: auto                # auto | broadcast (learner -> remote runners over a process group) | object_store (RLlib's numpy sync)
     seed: 0                          # seeds segment choice and sampling (>= 0)
     checkpoint_interval: 0           # checkpoint every N iterations (and after the last); 0: after the last only
     ray_address: null                # null: start a local Ray; an address ("auto", "HOST:PORT", "ray://HOST:PORT"): join that cluster
@@ -387,6 +388,13 @@ class TrainConfig(BaseModel):
     learner under DDP, ~17 GB each over 8 under FSDP)."""
     gpus_per_learner: Number = Field(0.0, ge=0)
     """GPUs per learner (with ``num_learners: 0``, the driver's learner; 0: CPU)."""
+    weight_sync: choice("auto", "broadcast", "object_store") = "auto"
+    """How the learner's weights reach remote env runners after each update: ``broadcast`` (the
+    first learner sends the trained tensors into the runners' own over a process group of their
+    own: gloo, or nccl when the learners and runners have whole GPUs each;
+    :mod:`~duplexgym.agents.training.weight_broadcast`), ``object_store`` (RLlib's sync: numpy through
+    Ray's object store), ``auto`` (broadcast with remote env runners). Without remote env runners
+    the driver's runner is synced in place (one learner in the driver) or through RLlib."""
     seed: Integer = Field(0, ge=0)
     """Seed of segment choice and sampling (>= 0)."""
     checkpoint_interval: Integer = Field(0, ge=0)
@@ -585,6 +593,9 @@ class TrainConfig(BaseModel):
             if self.trainable == "lora":
                 raise located("sharding", "fsdp shards trainable: all | temporal; a LoRA learner holds the frozen base "
                                           "once and fits one GPU (use sharding: ddp)")
+        if self.weight_sync == "broadcast" and self.env_runners == 0:
+            raise located("weight_sync", "broadcast sends to remote env runners; env_runners is 0 (use env_runners >= 1, "
+                                         "or weight_sync: auto)")
         if self.gpus_per_learner and self.gpus_per_learner != int(self.gpus_per_learner) and self.num_learners > 1:
             raise located("gpus_per_learner", "several learners need whole GPUs each (DDP)")
         if self.minibatch_size is not None and self.update_streams != "text":
@@ -615,6 +626,19 @@ class TrainConfig(BaseModel):
         """Optimizer steps per iteration: ``epochs``, times the minibatches of an epoch."""
         per_epoch = 1 if self.minibatch_size is None else -(-self.episodes_per_iteration // self.minibatch_size)
         return self.epochs * per_epoch
+
+    def weight_sync_path(self) -> str:
+        """``broadcast`` or ``object_store``: ``weight_sync`` with ``auto`` resolved (broadcast with
+        remote env runners)."""
+        if self.weight_sync != "auto":
+            return self.weight_sync
+        return "broadcast" if self.env_runners > 0 else "object_store"
+
+    def weight_backend(self) -> str:
+        """The broadcast's process group: ``nccl`` when remote learners and the env runners hold
+        whole GPUs each (every member its own device), else ``gloo`` (host memory)."""
+        whole = self.num_learners >= 1 and self.gpus_per_learner >= 1 and self.gpus_per_env_runner >= 1
+        return "nccl" if whole else "gloo"
 
     def to_dict(self) -> dict:
         """The resolved config as plain YAML-able values (written to ``out/config.yaml``); the fields

@@ -79,6 +79,48 @@ class GroupLearner(TorchLearner):
         if self.sharding() == "fsdp":
             self.module[DEFAULT_MODULE_ID].unwrapped().gather_sync_state()
 
+    # -- weight_sync: broadcast (the first learner sends: weight_broadcast.WeightBroadcaster) ------
+
+    @staticmethod
+    def rank() -> int:
+        """This learner's rank in the learner group (0 for the driver's only learner)."""
+        import torch.distributed as dist
+
+        return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+    def open_weight_group(self, world: int):
+        """The first learner: a new broadcast group's store for ``world`` members; its ``(host,
+        port)``. The others: None."""
+        if self.rank() != 0:
+            return None
+        from duplexgym.agents.training.weight_broadcast import WeightChannel
+
+        self._weight_channel = None
+        self._weight_store, address = WeightChannel.open(world)
+        self._weight_world = world
+        return address
+
+    def join_weight_group(self, entries: list, backend: str, generation: int) -> None:
+        """The first learner joins the group :meth:`open_weight_group` opened (returns once every
+        runner has joined) after checking its tensors against the runners' ``entries``."""
+        if self.rank() != 0:
+            return
+        from duplexgym.agents.training.weight_broadcast import WeightChannel, check_fits
+
+        module = self.module[DEFAULT_MODULE_ID].unwrapped()
+        names = module.sync_names()  # the whole shapes (a sharded tensor's are), nothing gathered
+        check_fits(entries, {k: v for k, v in module.state_dict().items() if k in names}, "the learner")
+        if backend == "nccl":
+            torch.cuda.set_device(self._device)
+        self._weight_channel = WeightChannel(None, 0, self._weight_world, backend, entries, generation,
+                                             store=self._weight_store)
+
+    def broadcast_weights(self) -> int:
+        """One sync from the first learner (bytes sent; 0 on the others)."""
+        if self.rank() != 0:
+            return 0
+        return self._weight_channel.send(self.module[DEFAULT_MODULE_ID].unwrapped().sync_tensors())
+
     def configure_optimizers_for_module(self, module_id, config=None):
         module = self._module[module_id].unwrapped()
         opt = module.train_settings()["optimizer"]

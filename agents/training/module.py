@@ -157,23 +157,35 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         gathered = {k: full_tensor(v).detach().to("cpu") for k, v in state.items() if k in keep}
         self._gathered_sync = gathered if dist.get_rank() == 0 else None
 
-    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
-        """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
-        weight sync (``inference_only``): without the learner-only attributes, and with
-        ``trainable`` other than ``all`` only the trained tensors (the runners build the same
-        frozen rest). A sharded learner returns what :meth:`gather_sync_state` gathered (once)."""
-        from ray.rllib.utils.numpy import convert_to_numpy
-
-        state = self.state_dict()
+    def sync_tensors(self) -> dict[str, torch.Tensor]:
+        """The learner's tensors of :meth:`sync_names` for one weight sync: what
+        :meth:`gather_sync_state` gathered (once), else the module's own (not copies)."""
         gathered = getattr(self, "_gathered_sync", None)
-        if gathered is not None and inference_only:
-            self._gathered_sync, state = None, gathered
-        elif any(is_sharded(v) for v in state.values()):
+        if gathered is not None:
+            self._gathered_sync = None
+            return gathered
+        keep, state = self.sync_names(), self.unsharded_state()
+        return {k: v for k, v in state.items() if k in keep}
+
+    def unsharded_state(self) -> dict[str, torch.Tensor]:
+        """``state_dict()``; ``RuntimeError`` on a sharded learner (whose state is gathered first)."""
+        state = self.state_dict()
+        if any(is_sharded(v) for v in state.values()):
             raise RuntimeError("sharding: fsdp: a sharded learner's state is gathered on every learner first "
                                "(GroupLearner.gather_sync_state), not read from one")
+        return state
+
+    def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
+        """RLlib's state (numpy; bf16 tensors as float32, their values exactly). For the runners'
+        weight sync (``inference_only``): :meth:`sync_tensors` (without the learner-only attributes,
+        and with ``trainable`` other than ``all`` only the trained tensors: the runners build the
+        same frozen rest; a sharded learner's gathered once)."""
+        from ray.rllib.utils.numpy import convert_to_numpy
+
         if inference_only and not self.inference_only:
-            keep = self.sync_names()
-            state = {k: v for k, v in state.items() if k in keep}
+            state = self.sync_tensors()
+        else:
+            state = self.unsharded_state()
         return convert_to_numpy({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()})
 
     def set_state(self, state) -> None:

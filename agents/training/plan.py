@@ -116,7 +116,8 @@ def _with_common(cfg: TrainConfig, corpus, spec, axes: dict, frames_per_iter: li
         "prompt": _prompt_plan(cfg, axes),
         "devices": {"env_runners": cfg.env_runners, "gpus_per_env_runner": cfg.gpus_per_env_runner,
                     "num_learners": cfg.num_learners, "gpus_per_learner": cfg.gpus_per_learner,
-                    "sharding": cfg.sharding},
+                    "sharding": cfg.sharding, "weight_sync": cfg.weight_sync_path() if cfg.env_runners else None,
+                    "weight_backend": cfg.weight_backend() if cfg.weight_sync_path() == "broadcast" else None},
         "lead_in_frames": lead_frames,
         "context": {**cfg.context.model_dump(), "expected_frames_first": per_iter_ctx[0],
                     "expected_frames_last": per_iter_ctx[-1]},
@@ -164,9 +165,13 @@ def format_plan(plan: dict) -> str:
     learners = f"{dev['num_learners']} learners ({sharded})" if dev["num_learners"] > 1 else (
         "1 remote learner" if dev["num_learners"] else "the driver's learner")
     runners = f"{dev['env_runners']} env runner(s)" if dev["env_runners"] else "sampling in the driver"
+    runners += f" {on(dev['gpus_per_env_runner'])}"
+    if dev.get("weight_sync"):
+        how = f"{dev['weight_backend']} broadcast" if dev["weight_sync"] == "broadcast" else "Ray's object store"
+        runners += f" (weights by {how})"
     lines.append(f"  trains {trained} in {plan['dtype']}"
                  + (" with activation checkpointing" if plan.get("activation_checkpointing") else "")
-                 + f"; {learners} {on(dev['gpus_per_learner'])}, {runners} {on(dev['gpus_per_env_runner'])}")
+                 + f"; {learners} {on(dev['gpus_per_learner'])}, {runners}")
     if plan.get("prompt"):
         p = plan["prompt"]
         texts = ", ".join(f"{axis} {n}" for axis, n in p["text"].items())
