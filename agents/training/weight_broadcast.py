@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 #: already on the channel's device in the runners' dtype (module docstring).
 BUCKET_BYTES = 4 * 2**20
 #: Seconds a member waits in a collective (the group's join included) before it fails.
-TIMEOUT_S = 300.0
+TIMEOUT_S = 120.0
 
 #: One tensor of the contract: ``(name, shape, dtype name)`` (e.g. ``("lm.text_emb.weight", (33, 64), "bfloat16")``).
 Entry = tuple[str, tuple[int, ...], str]
