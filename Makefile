@@ -20,3 +20,4 @@ bench: setup
 	.venv/bin/python benchmarks/env_step.py
 	.venv/bin/python benchmarks/rollout.py
 	.venv/bin/python benchmarks/train.py
+	.venv/bin/python benchmarks/weight_sync.py
