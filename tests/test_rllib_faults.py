@@ -25,7 +25,10 @@ def _expected_segments(corpus, cfg, segments, worker_index, n):
 
 
 @pytest.mark.slow
-def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tmp_path):
+def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tmp_path, monkeypatch):
+    """Also the broadcast weight sync's failures: the restarted runner joins a new group; a sync
+    that fails (a runner's tensors gone) goes through the object store, the next one broadcasts again."""
+    monkeypatch.setenv("DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S", "10")  # Ray starts below: its actors inherit it
     segments = [s.id for s in sorted(ReplayCorpus(small_corpus).select(("turn",)), key=lambda s: (s.n_frames, s.id))[:3]]
     cfg = load_train_config({"corpus": str(small_corpus), "out": str(tmp_path / "run"), "group_size": 2,
                              "segments_per_iteration": 2, "env_runners": 2, "iterations": 3, "seed": 5,
@@ -33,6 +36,7 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
     seen = []
     pids = []
     synced = []  # (broadcast group generation, learner text weights, each runner's)
+    again = []
 
     def on_iteration(algo, m):
         seen.append((m, [(e.custom_data["group"], e.custom_data["segment"]) for e in algo.last_episodes]))
@@ -41,6 +45,12 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
                        inspection.runner_text_weights(algo)))
         if m["iteration"] == 0:
             os.kill(pids[0][1], signal.SIGKILL)  # runner 1 dies between iterations 1 and 2
+        if m["iteration"] == 1:  # runner 2 loses what it receives into: the third sync's broadcast fails
+            algo.env_runner_group.foreach_env_runner(lambda r: setattr(r, "_weight_targets", {}),
+                                                     remote_worker_ids=[2], local_env_runner=False)
+        if m["iteration"] == 2:  # the next sync builds a new group and broadcasts again
+            again.append((algo.sync_weights(), algo._broadcaster.generation, inspection.learner_text_weights(algo),
+                          inspection.runner_text_weights(algo)))
 
     metrics = driver.train_policy(cfg, on_iteration=on_iteration, segments=segments, ray_temp_dir=None)
     assert [m["iteration"] for m in metrics] == [0, 1, 2]
@@ -49,10 +59,12 @@ def test_killed_env_runner_is_replaced_and_no_iteration_is_lost(small_corpus, tm
     assert pids[1][1] != pids[0][1] and pids[1][2] == pids[0][2]  # runner 1 replaced, runner 2 untouched
     for m in metrics:
         assert np.isfinite(m["loss"]) and np.isfinite(m["reward_mean"]["turn"])
-        assert m["sync"] == "broadcast"
-    # the replacement joined a new group (generation 2) with the survivor, and both hold the learner's weights
+    # the replacement joined a new group (generation 2) with the survivor; the failed broadcast's sync
+    # went through the object store; then a new group (3); every time both runners hold the learner's weights
+    assert [m["sync"] for m in metrics] == ["broadcast", "broadcast", "numpy"]
     assert [g for g, _, _ in synced] == [1, 2, 2]
-    for _, learner, runners in synced:
+    assert [(path, g) for path, g, _, _ in again] == [("broadcast", 3)]
+    for _, learner, runners in synced + [a[1:] for a in again]:
         assert len(runners) == 2
         for runner in runners:
             for name in learner:

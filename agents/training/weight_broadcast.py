@@ -25,7 +25,7 @@ and deserializes it, then loads it: three host copies and a serialization per ru
 A member that dies leaves the group broken: the driver (:class:`WeightBroadcaster`) checks before
 each sync that every healthy runner holds the current generation and builds a new group otherwise
 (a restarted runner joins with the others); a collective that fails (a runner killed mid-sync) or
-times out (:data:`TIMEOUT_S`) is reported and that sync goes through RLlib's object store instead.
+times out (:func:`timeout_s`) is reported and that sync goes through RLlib's object store instead.
 """
 
 from __future__ import annotations
@@ -41,8 +41,23 @@ logger = logging.getLogger(__name__)
 #: Largest bucket of one broadcast (bytes); a larger tensor goes alone, without packing where it is
 #: already on the channel's device in the runners' dtype (module docstring).
 BUCKET_BYTES = 4 * 2**20
-#: Seconds a member waits in a collective (the group's join included) before it fails.
+#: Seconds a member waits in a collective (the group's join included) before it fails, unless
+#: ``DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S`` says otherwise (read where Ray starts; its actors inherit it).
 TIMEOUT_S = 120.0
+
+
+def timeout_s() -> float:
+    """The collectives' timeout in seconds (:data:`TIMEOUT_S` or the environment's)."""
+    import os
+
+    raw = os.environ.get("DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S")
+    try:
+        value = float(raw) if raw else TIMEOUT_S
+    except ValueError:
+        raise ValueError(f"DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S={raw!r}: not a number of seconds") from None
+    if not value > 0:
+        raise ValueError(f"DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S={raw!r}: must be > 0")
+    return value
 
 #: One tensor of the contract: ``(name, shape, dtype name)`` (e.g. ``("lm.text_emb.weight", (33, 64), "bfloat16")``).
 Entry = tuple[str, tuple[int, ...], str]
@@ -98,7 +113,7 @@ class WeightChannel:
                  generation: int, store=None, bucket_bytes: int = BUCKET_BYTES):
         import torch.distributed as dist
 
-        timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        timeout = datetime.timedelta(seconds=timeout_s())
         if store is None:
             store = dist.TCPStore(address[0], int(address[1]), world, is_master=False, timeout=timeout)
         self._store = store  # rank 0's serves the others: it lives as long as the channel
@@ -124,7 +139,7 @@ class WeightChannel:
 
         host = host or node_address()
         store = dist.TCPStore(host, 0, world, is_master=True, wait_for_workers=False,
-                              timeout=datetime.timedelta(seconds=TIMEOUT_S))
+                              timeout=datetime.timedelta(seconds=timeout_s()))
         return store, (host, int(store.port))
 
     def _broadcast(self, flat: torch.Tensor):
@@ -214,50 +229,59 @@ class WeightBroadcaster:
         self.members: list[int] = []  # the remote runners' worker indices in the group (ranks 1..N)
 
     @staticmethod
-    def _actors(algo, ids: list[int]) -> list:
+    def _call(algo, ids: list[int], fn) -> list:
+        """``fn(runner)`` on each runner of ``ids`` (started, not waited for): object refs."""
         actors = algo.env_runner_group._worker_manager.actors()
-        return [actors[i] for i in ids]
+        return [actors[i].apply.remote(on_runner, fn) for i in ids]
+
+    @staticmethod
+    def _results(ids: list[int], refs: list) -> list:
+        """The runners' results; an error a runner reported raised here (``ValueError`` as such)."""
+        import ray
+
+        out = []
+        for idx, result in zip(ids, ray.get(refs, timeout=timeout_s()), strict=True):
+            if result[0] == "error":
+                cls = ValueError if result[1] == "ValueError" else RuntimeError
+                raise cls(f"env runner {idx}: {result[1]}: {result[2]}")
+            out.append(result[1])
+        return out
 
     def _current(self, algo, ids: list[int]) -> bool:
-        import ray
-
-        if ids != self.members:
+        if not ids or ids != self.members:
             return False
-        refs = [a.apply.remote(lambda r: getattr(r, "_weight_channel", None) and r._weight_channel.generation)
-                for a in self._actors(algo, ids)]
-        return all(g == self.generation for g in ray.get(refs, timeout=TIMEOUT_S))
+        refs = self._call(algo, ids, lambda r: getattr(r, "_weight_channel", None) and r._weight_channel.generation)
+        return all(g == self.generation for g in self._results(ids, refs))
 
     def _build(self, algo, ids: list[int]) -> None:
-        import ray
-
         from duplexgym.agents.training.checkpoints import on_learners
 
         self.members, self.generation = [], self.generation + 1
         generation, backend, world = self.generation, self.backend, len(ids) + 1
-        actors = self._actors(algo, ids)
-        entries = ray.get(actors[0].apply.remote(lambda r: manifest(runner_tensors(r))), timeout=TIMEOUT_S)
+        entries = self._results(ids[:1], self._call(algo, ids[:1], lambda r: manifest(runner_tensors(r))))[0]
         address = next(a for a in on_learners(algo, lambda learner: learner.open_weight_group(world)) if a)
-        refs = [a.apply.remote(lambda r, rank=rank: join_runner(r, address, rank, world, backend, entries, generation))
-                for rank, a in enumerate(actors, start=1)]
+        refs = [self._call(algo, [i], lambda r, rank=rank: join_runner(r, address, rank, world, backend, entries,
+                                                                       generation))[0]
+                for rank, i in enumerate(ids, start=1)]
         on_learners(algo, lambda learner: learner.join_weight_group(entries, backend, generation))
-        ray.get(refs, timeout=TIMEOUT_S)
+        self._results(ids, refs)
         self.members = list(ids)
 
     def push(self, algo) -> int:
         """One sync into every healthy remote runner (a new group first when needed). Returns the
         bytes sent to each."""
-        import ray
-
         from duplexgym.agents.training.checkpoints import on_learners
 
         ids = sorted(algo.env_runner_group.healthy_env_runner_ids())
-        if not self._current(algo, ids):
-            self._build(algo, ids)
-        generation = self.generation
-        refs = [a.apply.remote(lambda r: receive_runner(r, generation)) for a in self._actors(algo, ids)]
+        if not ids:
+            raise RuntimeError("no healthy env runner to sync")
         try:
+            if not self._current(algo, ids):
+                self._build(algo, ids)
+            generation = self.generation
+            refs = self._call(algo, ids, lambda r: receive_runner(r, generation))
             sent = max(on_learners(algo, lambda learner: learner.broadcast_weights()))
-            got = ray.get(refs, timeout=TIMEOUT_S)
+            got = self._results(ids, refs)
         except BaseException:
             self.members = []  # rebuilt at the next sync
             raise
@@ -265,6 +289,17 @@ class WeightBroadcaster:
             self.members = []
             raise RuntimeError(f"weight sync: the runners received {got} bytes, the learner sent {sent}")
         return sent
+
+
+def on_runner(runner, fn):
+    """On an env runner: ``("ok", fn(runner))``, or ``("error", type name, message)`` with the
+    runner's group end dropped: RLlib's ``apply`` ends an actor whose function raises, and a
+    failed sync must not cost a runner that samples fine (the next sync builds a new group)."""
+    try:
+        return ("ok", fn(runner))
+    except Exception as e:  # noqa: BLE001 - reported to the driver, which raises it
+        runner._weight_channel = None
+        return ("error", type(e).__name__, str(e))
 
 
 def join_runner(runner, address, rank: int, world: int, backend: str, entries: list[Entry], generation: int) -> None:
