@@ -24,8 +24,11 @@ and deserializes it, then loads it: three host copies and a serialization per ru
 
 A member that dies leaves the group broken: the driver (:class:`WeightBroadcaster`) checks before
 each sync that every healthy runner holds the current generation and builds a new group otherwise
-(a restarted runner joins with the others); a collective that fails (a runner killed mid-sync) or
+(a restarted runner joins with the others); a collective that fails (a runner killed mid-sync, a
+runner's error: it drops its end of the group, so the others fail at once instead of waiting) or
 times out (:func:`timeout_s`) is reported and that sync goes through RLlib's object store instead.
+A runner's error comes back to the driver as a value (:func:`on_runner`): RLlib's ``apply`` ends an
+actor whose function raises, and a failed sync must not cost runners that sample fine.
 """
 
 from __future__ import annotations
