@@ -62,6 +62,7 @@ def timeout_s() -> float:
         raise ValueError(f"DUPLEXGYM_WEIGHT_SYNC_TIMEOUT_S={raw!r}: must be > 0")
     return value
 
+
 #: One tensor of the contract: ``(name, shape, dtype name)`` (e.g. ``("lm.text_emb.weight", (33, 64), "bfloat16")``).
 Entry = tuple[str, tuple[int, ...], str]
 
