@@ -107,9 +107,8 @@ class GroupLearner(TorchLearner):
             return
         from duplexgym.agents.training.weight_broadcast import WeightChannel, check_fits
 
-        module = self.module[DEFAULT_MODULE_ID].unwrapped()
-        names = module.sync_names()  # the whole shapes (a sharded tensor's are), nothing gathered
-        check_fits(entries, {k: v for k, v in module.state_dict().items() if k in names}, "the learner")
+        # the whole shapes (a sharded tensor's are), nothing gathered
+        check_fits(entries, self.module[DEFAULT_MODULE_ID].unwrapped().sync_state(), "the learner")
         if backend == "nccl":
             torch.cuda.set_device(self._device)
         self._weight_channel = WeightChannel(None, 0, self._weight_world, backend, entries, generation,

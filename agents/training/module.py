@@ -153,9 +153,14 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         :meth:`get_state` (the one RLlib's weight sync asks), the others drop them."""
         import torch.distributed as dist
 
-        keep, state = self.sync_names(), self.state_dict()
-        gathered = {k: full_tensor(v).detach().to("cpu") for k, v in state.items() if k in keep}
+        gathered = {k: full_tensor(v).detach().to("cpu") for k, v in self.sync_state().items()}
         self._gathered_sync = gathered if dist.get_rank() == 0 else None
+
+    def sync_state(self) -> dict[str, torch.Tensor]:
+        """The module's own tensors of :meth:`sync_names` (views of its parameters and buffers; a
+        sharded learner's are its shards, their ``shape`` the whole one)."""
+        keep = self.sync_names()
+        return {k: v for k, v in self.state_dict().items() if k in keep}
 
     def sync_tensors(self) -> dict[str, torch.Tensor]:
         """The learner's tensors of :meth:`sync_names` for one weight sync: what
@@ -164,15 +169,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         if gathered is not None:
             self._gathered_sync = None
             return gathered
-        keep, state = self.sync_names(), self.unsharded_state()
-        return {k: v for k, v in state.items() if k in keep}
-
-    def unsharded_state(self) -> dict[str, torch.Tensor]:
-        """``state_dict()``; ``RuntimeError`` on a sharded learner (whose state is gathered first)."""
-        state = self.state_dict()
-        if any(is_sharded(v) for v in state.values()):
-            raise RuntimeError("sharding: fsdp: a sharded learner's state is gathered on every learner first "
-                               "(GroupLearner.gather_sync_state), not read from one")
+        state = self.sync_state()
+        _check_unsharded(state)
         return state
 
     def get_state(self, components=None, *, not_components=None, inference_only: bool = False, **kwargs):
@@ -185,7 +183,8 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         if inference_only and not self.inference_only:
             state = self.sync_tensors()
         else:
-            state = self.unsharded_state()
+            state = self.state_dict()
+            _check_unsharded(state)
         return convert_to_numpy({k: v.float() if v.dtype == torch.bfloat16 else v for k, v in state.items()})
 
     def set_state(self, state) -> None:
@@ -222,3 +221,9 @@ class MoshiRLModule(TorchRLModule, InferenceOnlyAPI):
         logp, text_full, audio_full = self.logprobs(self.lm, batch, full=True)
         return {"logp": logp, "kl_exact": self.exact_kl(batch, text_full, audio_full)}
 
+
+def _check_unsharded(state: dict[str, torch.Tensor]) -> None:
+    """``RuntimeError`` if ``state`` holds a shard: a sharded learner's state is gathered first."""
+    if any(is_sharded(v) for v in state.values()):
+        raise RuntimeError("sharding: fsdp: a sharded learner's state is gathered on every learner first "
+                           "(GroupLearner.gather_sync_state), not read from one")

@@ -67,10 +67,14 @@ def timeout_s() -> float:
 Entry = tuple[str, tuple[int, ...], str]
 
 
+def dtype_name(tensor: torch.Tensor) -> str:
+    """``"bfloat16"`` for a bf16 tensor (the ``torch`` attribute's name)."""
+    return str(tensor.dtype).removeprefix("torch.")
+
+
 def manifest(tensors: dict[str, torch.Tensor]) -> list[Entry]:
     """The contract of a runner's sync tensors, sorted by name."""
-    return [(k, tuple(int(s) for s in v.shape), str(v.dtype).removeprefix("torch."))
-            for k, v in sorted(tensors.items())]
+    return [(k, tuple(int(s) for s in v.shape), dtype_name(v)) for k, v in sorted(tensors.items())]
 
 
 def check_fits(entries: list[Entry], tensors: dict[str, torch.Tensor], who: str) -> None:
@@ -217,9 +221,7 @@ class WeightChannel:
 
 def runner_tensors(runner) -> dict[str, torch.Tensor]:
     """An env runner's sync tensors: its RLModule's own (views of the parameters the sampler reads)."""
-    module = runner._module()
-    state = module.state_dict()
-    return {k: v for k, v in state.items() if k in module.sync_names()}
+    return runner._module().sync_state()
 
 
 class WeightBroadcaster:
@@ -310,10 +312,9 @@ def join_runner(runner, address, rank: int, world: int, backend: str, entries: l
     """On an env runner: check its tensors against ``entries``, then join the group (blocks until all have)."""
     targets = runner_tensors(runner)
     check_fits(entries, targets, f"env runner {runner.worker_index}")
-    own = dict((n, d) for n, _, d in manifest(targets))
-    if (odd := [n for n, _, d in entries if own[n] != d]):
-        raise ValueError(f"weight sync: env runner {runner.worker_index}'s {odd[0]} is {own[odd[0]]}, "
-                         f"the first runner's {dict((n, d) for n, _, d in entries)[odd[0]]}")
+    for name, _, want in entries:
+        if (own := dtype_name(targets[name])) != want:
+            raise ValueError(f"weight sync: env runner {runner.worker_index}'s {name} is {own}, the first runner's {want}")
     runner._weight_channel = None  # the old group's end, if any, goes first
     if backend == "nccl":
         torch.cuda.set_device(runner._module().lm.device)
